@@ -1,0 +1,27 @@
+"""odenet: residual networks and neural ODEs on one vector field.
+
+A residual block ``x + h F(t, x)`` is one Euler step of ``dx/dt = F(t, x)``; odenet lets the
+same field be integrated as a discrete ResNet, a plain net, a learned-step stack or a
+torchdiffeq ODE block, and swapped between them without retraining.
+"""
+
+from .blocks import Block, ODEBlock, ResidualStack, SolverError, make_block
+from .fields import Augment, ConvField, DepthIndexedField, MLPField, augment
+from .solvers import SCHEMES, ButcherTableau, register_scheme
+
+__all__ = [
+    "Augment",
+    "Block",
+    "ButcherTableau",
+    "ConvField",
+    "DepthIndexedField",
+    "MLPField",
+    "ODEBlock",
+    "ResidualStack",
+    "SCHEMES",
+    "SolverError",
+    "augment",
+    "make_block",
+    "register_scheme",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,197 @@
+"""Vector fields ``F(t, x) -> dx/dt``: the one module every block integrates.
+
+Any ``nn.Module`` whose ``forward(t, x)`` returns a tensor shaped like ``x`` is a field; the
+classes here are the ones the experiments use. ``t`` arrives as a 0-dim tensor (or a number).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+TimeMode = Literal["none", "concat"]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "softplus": nn.Softplus,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+    "identity": nn.Identity,
+}
+TIME_MODES = ("none", "concat")
+
+
+def make_activation(name: str) -> nn.Module:
+    """A fresh activation module by name; a ValueError lists the valid names otherwise."""
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; activation must be one of {sorted(ACTIVATIONS)}") from None
+
+
+def _check_time_mode(time: str) -> None:
+    if time not in TIME_MODES:
+        raise ValueError(f"unknown time conditioning {time!r}; time must be one of {list(TIME_MODES)}")
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _time_like(t: Tensor | float, x: Tensor, dim: int) -> Tensor:
+    """``t`` broadcast to ``x``'s shape with size 1 along ``dim``."""
+    shape = list(x.shape)
+    shape[dim] = 1
+    return torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(shape)
+
+
+class MLPField(nn.Module):
+    """A fully connected field on states ``(..., dim)``.
+
+    ``depth`` hidden layers of ``hidden`` units; with ``time="concat"`` the time is appended
+    to the input of every linear layer (a non-autonomous field).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int = 32,
+        depth: int = 2,
+        activation: str = "tanh",
+        time: TimeMode = "none",
+    ) -> None:
+        super().__init__()
+        for name, value in (("dim", dim), ("hidden", hidden), ("depth", depth)):
+            _check_positive_int(name, value)
+        _check_time_mode(time)
+        self.dim, self.time = dim, time
+        extra = 1 if time == "concat" else 0
+        widths = [dim] + [hidden] * depth + [dim]
+        self.linears = nn.ModuleList(nn.Linear(w_in + extra, w_out) for w_in, w_out in zip(widths, widths[1:]))
+        self.act = make_activation(activation)
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        last = len(self.linears) - 1
+        for i, linear in enumerate(self.linears):
+            if self.time == "concat":
+                x = torch.cat([x, _time_like(t, x, -1)], dim=-1)
+            x = linear(x)
+            if i < last:
+                x = self.act(x)
+        return x
+
+
+class ConvField(nn.Module):
+    """A convolutional field on image states ``(..., channels, H, W)`` that keeps the shape.
+
+    ``depth`` convolutions of ``kernel`` (odd) with ``hidden`` channels in between, each
+    optionally followed by GroupNorm (``groups`` groups); ``time="concat"`` adds t as an
+    extra input channel to every convolution (Chen et al.'s ODE-Net field).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        hidden: int = 64,
+        depth: int = 2,
+        kernel: int = 3,
+        activation: str = "relu",
+        time: TimeMode = "concat",
+        groupnorm: bool = False,
+        groups: int = 8,
+    ) -> None:
+        super().__init__()
+        for name, value in (("channels", channels), ("hidden", hidden), ("depth", depth), ("groups", groups)):
+            _check_positive_int(name, value)
+        if kernel % 2 != 1 or kernel < 1:
+            raise ValueError(f"kernel must be a positive odd integer (shape-preserving padding), got {kernel!r}")
+        _check_time_mode(time)
+        self.channels, self.time = channels, time
+        extra = 1 if time == "concat" else 0
+        widths = [channels] + [hidden] * (depth - 1) + [channels]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c_in + extra, c_out, kernel, padding=kernel // 2) for c_in, c_out in zip(widths, widths[1:])
+        )
+        if groupnorm:
+            for w in widths[1:]:
+                if w % min(groups, w):
+                    raise ValueError(f"groups={groups} must divide every conv width {widths[1:]}")
+            self.norms = nn.ModuleList(nn.GroupNorm(min(groups, w), w) for w in widths[1:])
+        else:
+            self.norms = nn.ModuleList(nn.Identity() for _ in widths[1:])
+        self.act = make_activation(activation)
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        batch_shape = x.shape[:-3]
+        x = x.reshape(-1, *x.shape[-3:])
+        last = len(self.convs) - 1
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            if self.time == "concat":
+                x = torch.cat([x, _time_like(t, x, -3)], dim=-3)
+            x = norm(conv(x))
+            if i < last:
+                x = self.act(x)
+        return x.reshape(*batch_shape, *x.shape[-3:])
+
+
+class DepthIndexedField(nn.Module):
+    """One weight set per depth slice: an untied ResNet seen as a non-autonomous ODE.
+
+    Holds ``depth`` fields built by ``make_field()``; at time ``t`` it evaluates field
+    ``k = floor(t depth / T)`` (right-continuous, clamped to ``[0, depth-1]``), so the weights
+    are piecewise constant in ``t``. Integrated by ``ResidualStack(field, steps=depth)`` with
+    Euler it is exactly an untied ResNet of ``depth`` blocks.
+    """
+
+    def __init__(self, make_field: Callable[[], nn.Module], depth: int, T: float = 1.0) -> None:
+        super().__init__()
+        _check_positive_int("depth", depth)
+        if not T > 0:
+            raise ValueError(f"T must be positive, got {T!r}")
+        self.depth, self.T = depth, float(T)
+        self.layers = nn.ModuleList(make_field() for _ in range(depth))
+
+    def index(self, t: Tensor | float) -> int:
+        """The layer used at time ``t``."""
+        # The tolerance puts a grid time k*T/depth rounded just below its boundary on layer k.
+        k = int(float(t) * self.depth / self.T + 1e-9)
+        return min(max(k, 0), self.depth - 1)
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        return self.layers[self.index(t)](t, x)
+
+
+def augment(x: Tensor, extra: int, dim: int = -1) -> Tensor:
+    """Append ``extra`` zeros to ``x`` along ``dim`` (ANODE's augmented state)."""
+    if extra == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = extra
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+class Augment(nn.Module):
+    """Zero-pads the state with ``extra`` dimensions along ``dim`` (ANODE, Dupont et al. 2019).
+
+    Use it before a block whose field is built on ``dim + extra`` features (or channels, with
+    ``dim=-3`` for images).
+    """
+
+    def __init__(self, extra: int, dim: int = -1) -> None:
+        super().__init__()
+        if not isinstance(extra, int) or extra < 0:
+            raise ValueError(f"extra must be a non-negative integer, got {extra!r}")
+        self.extra, self.dim = extra, dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return augment(x, self.extra, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"extra={self.extra}, dim={self.dim}"

@@ -249,8 +249,9 @@ class _CountingField:
 class _AdaptiveCountingField(_CountingField):
     """Also records accepted and rejected steps through torchdiffeq's step callbacks."""
 
-    def __init__(self, field: nn.Module) -> None:
+    def __init__(self, field: nn.Module, t_end: Tensor | None = None) -> None:
         super().__init__(field)
+        self.t_end = t_end  # the last output time: torchdiffeq's last step may pass it (and interpolate)
         self.accepted: list[Tensor] = []
         self.rejected = 0
 
@@ -337,9 +338,18 @@ class ODEBlock(Block):
 
     @property
     def step_sizes(self) -> Tensor:
-        """Accepted step sizes of the last adaptive forward, in order (empty for fixed-grid methods)."""
-        accepted = getattr(self._counter, "accepted", [])
-        return torch.stack(accepted).cpu() if accepted else torch.zeros(0)
+        """Accepted step sizes of the last adaptive forward, in order (empty for fixed-grid methods).
+
+        torchdiffeq's last step may end past the final time (the output there is interpolated); it is
+        clipped at that time, so the step sizes partition ``[0, T]`` (``[0, times[-1]]``) and sum to it.
+        """
+        counter = self._counter
+        if not isinstance(counter, _AdaptiveCountingField) or not counter.accepted:
+            return torch.zeros(0)
+        h = torch.stack(counter.accepted).cpu()
+        if counter.t_end is not None:
+            h[-1] = torch.minimum(h[-1], counter.t_end.detach().cpu() - h[:-1].sum())
+        return h
 
     @property
     def stats(self) -> dict[str, int]:
@@ -360,7 +370,7 @@ class ODEBlock(Block):
         return options
 
     def _solve(self, x: Tensor, times: Tensor) -> Tensor:
-        counter = _AdaptiveCountingField(self.field) if self.adaptive else _CountingField(self.field)
+        counter = _AdaptiveCountingField(self.field, times[-1]) if self.adaptive else _CountingField(self.field)
         self._counter = counter
         kwargs: dict[str, Any] = dict(
             rtol=self.rtol, atol=self.atol, method=self.solver, options=self._torchdiffeq_options()

@@ -160,8 +160,11 @@ class DepthIndexedField(nn.Module):
 
     def index(self, t: Tensor | float) -> int:
         """The layer used at time ``t``."""
-        # The tolerance puts a grid time k*T/depth rounded just below its boundary on layer k.
-        k = int(float(t) * self.depth / self.T + 1e-9)
+        # The tolerance puts a grid time k*T/depth rounded just below its boundary on layer k; it scales
+        # with the precision of t (a float32 grid time can sit ~1 ulp, far more than 1e-9, below k).
+        s = float(t) * self.depth / self.T
+        eps = torch.finfo(t.dtype).eps if isinstance(t, Tensor) and t.is_floating_point() else 0.0
+        k = int(s + 1e-9 + 4 * eps * abs(s))
         return min(max(k, 0), self.depth - 1)
 
     def forward(self, t: Tensor | float, x: Tensor) -> Tensor:

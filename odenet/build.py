@@ -1,0 +1,153 @@
+"""From a config to objects: field, block, classifier, optimiser and schedule.
+
+Each builder checks its names first, so an unknown name fails at start with the valid ones listed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .blocks import Block, make_block
+from .config import Config, EvalSolverConfig, FieldConfig
+from .fields import ConvField, DepthIndexedField, MLPField
+from .models import Classifier, flat_size, image_head, image_stem, vector_head, vector_stem
+from .solvers import ADAPTIVE_SOLVERS, SCHEMES, all_solver_names, is_adaptive
+
+FIELD_KINDS = ("mlp", "conv")
+BLOCK_KINDS = ("residual", "plain", "learned_steps", "ode")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("none", "cosine", "step")
+DEFAULT_EVAL_RTOL, DEFAULT_EVAL_ATOL = 1e-6, 1e-8
+
+
+def check_choice(key: str, value: str, valid: tuple[str, ...] | list[str]) -> None:
+    """A ValueError naming the config key and listing the valid values."""
+    if value not in valid:
+        raise ValueError(f"unknown {key}={value!r}; {key} must be one of {sorted(valid)}")
+
+
+def check_config(cfg: Config) -> None:
+    """Every name in the config is a known one (called before any work is done)."""
+    from .data import DATASETS
+
+    check_choice("data.name", cfg.data.name, list(DATASETS))
+    check_choice("field.kind", cfg.field.kind, FIELD_KINDS)
+    check_choice("block.kind", cfg.block.kind, BLOCK_KINDS)
+    check_choice("solver.name", cfg.solver.name, all_solver_names())
+    check_choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
+    check_choice("optimizer.schedule", cfg.optimizer.schedule, SCHEDULES)
+    for i, ev in enumerate(cfg.evaluation.solvers):
+        check_choice(f"evaluation.solvers[{i}].name", ev.name, sorted(set(SCHEMES) | set(ADAPTIVE_SOLVERS)))
+    if (cfg.trainer.iterations is None) == (cfg.trainer.epochs is None):
+        raise ValueError("give exactly one of trainer.iterations and trainer.epochs (set the other to null)")
+    for key in ("trainer.batch_size", "trainer.log_every", "trainer.checkpoint_every"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 1:
+            raise ValueError(f"{key} must be >= 1")
+    if cfg.optimizer.lr <= 0:
+        raise ValueError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
+
+
+def build_field(cfg: FieldConfig, dim: int, steps: int | None, T: float) -> nn.Module:
+    """The vector field on states of ``dim`` features (mlp) or channels (conv)."""
+    check_choice("field.kind", cfg.kind, FIELD_KINDS)
+
+    def make() -> nn.Module:
+        if cfg.kind == "mlp":
+            return MLPField(dim, cfg.hidden, cfg.depth, cfg.activation, cfg.time)  # type: ignore[arg-type]
+        return ConvField(
+            dim, cfg.hidden, cfg.depth, cfg.kernel, cfg.activation, cfg.time,  # type: ignore[arg-type]
+            groupnorm=cfg.groupnorm, groups=cfg.groups,
+        )
+
+    if cfg.untied:
+        if steps is None:
+            raise ValueError("field.untied=true needs a fixed step count (solver.steps): one weight set per step")
+        return DepthIndexedField(make, steps, T)
+    return make()
+
+
+def block_options(cfg: Config) -> tuple[str, dict[str, Any]]:
+    """``(solver, options)`` for ``make_block`` from the block and solver configs.
+
+    An adaptive solver always gives an ODE block; ``block=ode`` with a fixed scheme uses
+    torchdiffeq's fixed grid with ``step_size = T / steps``.
+    """
+    kind, s = cfg.block.kind, cfg.solver
+    check_choice("block.kind", kind, BLOCK_KINDS)
+    check_choice("solver.name", s.name, all_solver_names())
+    if is_adaptive(s.name):
+        if kind in ("plain", "learned_steps"):
+            raise ValueError(f"block.kind={kind} is a discrete stack: use a fixed solver.name from {sorted(SCHEMES)}")
+        return s.name, dict(rtol=s.rtol, atol=s.atol, adjoint=s.adjoint, max_steps=s.max_steps)
+    if s.steps is None or s.steps < 1:
+        raise ValueError(f"solver.name={s.name} is fixed-step: solver.steps must be an integer >= 1, got {s.steps}")
+    if kind == "ode":
+        return s.name, dict(step_size=cfg.block.T / s.steps, adjoint=s.adjoint)
+    if s.name not in SCHEMES:
+        raise ValueError(f"solver.name={s.name} exists only in torchdiffeq: use block=ode, or one of {sorted(SCHEMES)}")
+    return s.name, dict(steps=s.steps, shortcut=kind != "plain", learn_steps=kind == "learned_steps")
+
+
+def build_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
+    """Stem -> block on the configured field -> head, for vector or image inputs."""
+    images = cfg.field.kind == "conv"
+    if images:
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"field.kind=conv needs image data (C, H, W); data.name={cfg.data.name} gives {input_shape}"
+            )
+        stem, dim = image_stem(input_shape[0], cfg.model.width, cfg.model.augment)
+        head = image_head(dim, num_classes)
+    else:
+        stem, dim = vector_stem(flat_size(input_shape), cfg.model.width, cfg.model.augment)
+        head = vector_head(dim, num_classes)
+    solver, options = block_options(cfg)
+    field = build_field(cfg.field, dim, options.get("steps"), cfg.block.T)
+    block: Block = make_block(field, solver, T=cfg.block.T, **options)
+    return Classifier(stem, block, head)
+
+
+def eval_options(ev: EvalSolverConfig, train_steps: int | None) -> dict[str, Any]:
+    """``with_solver`` options of one evaluation entry (steps from ``step_factor`` x the training step)."""
+    if is_adaptive(ev.name):
+        return dict(
+            rtol=ev.rtol if ev.rtol is not None else DEFAULT_EVAL_RTOL,
+            atol=ev.atol if ev.atol is not None else DEFAULT_EVAL_ATOL,
+        )
+    if ev.steps is not None:
+        return dict(steps=ev.steps)
+    if ev.step_factor is not None:
+        if train_steps is None:
+            raise ValueError(f"evaluation {ev.name} with step_factor needs a fixed-step training solver; give steps")
+        if ev.step_factor <= 0:
+            raise ValueError(f"evaluation step_factor must be positive, got {ev.step_factor}")
+        return dict(steps=max(1, round(train_steps / ev.step_factor)))
+    raise ValueError(f"evaluation {ev.name}: give steps or step_factor")
+
+
+def build_optimizer(cfg: Config, model: nn.Module, total_iterations: int):
+    """The optimiser and its per-iteration learning-rate schedule (or None)."""
+    o = cfg.optimizer
+    check_choice("optimizer.name", o.name, OPTIMIZERS)
+    check_choice("optimizer.schedule", o.schedule, SCHEDULES)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
+        )
+    if o.schedule == "cosine":
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=total_iterations
+        )
+    elif o.schedule == "step":
+        milestones = sorted(int(f * total_iterations) for f in o.milestones)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=o.gamma)
+    else:
+        scheduler = None
+    return optimizer, scheduler

@@ -1,0 +1,58 @@
+"""The Hydra entry point: ``python -m odenet.run +experiment=NAME [overrides]``.
+
+Trains and evaluates one model per job into Hydra's output dir; a multirun (``-m``) sweeps, and
+``odenet.report.ReportCallback`` writes ``summary.csv``, ``report.md`` and plots at its end.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from .blocks import SolverError
+from .config import CONFIG_PATH, register_configs
+from .train import TrainingDiverged, train_and_evaluate
+
+log = logging.getLogger("odenet")
+
+register_configs()
+
+
+def _task_overrides() -> dict[str, str]:
+    overrides = {}
+    for item in HydraConfig.get().overrides.task:
+        key, _, value = item.partition("=")
+        overrides[key.lstrip("+~")] = value
+    return overrides
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    try:
+        metrics = train_and_evaluate(cfg, out_dir, _task_overrides())  # type: ignore[arg-type]
+    except (TrainingDiverged, SolverError) as err:
+        log.error("run failed (%s): %s", out_dir, err)
+        if hc.mode == RunMode.RUN:
+            raise SystemExit(1) from None
+        return None  # a sweep goes on with its other jobs
+    for ev in metrics["evaluations"]:
+        steps = f"{ev['test_steps']} steps" if ev["test_steps"] else f"rtol {ev['rtol']}"
+        if ev["status"] == "ok":
+            log.info("test %-8s %-10s accuracy %.4f  loss %.4f  nfe %.1f", ev["test_solver"], steps,
+                     ev["accuracy"], ev["loss"], ev["nfe"])
+        else:
+            log.info("test %-8s %-10s failed: %s", ev["test_solver"], steps, ev["reason"])
+    log.info("wrote %s", out_dir)
+    train_eval = metrics["evaluations"][0]
+    return train_eval["accuracy"]
+
+
+if __name__ == "__main__":
+    main()

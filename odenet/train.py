@@ -1,0 +1,351 @@
+"""Training and evaluation of one model from a config, writing everything into one output dir.
+
+Files written: ``config.yaml`` (resolved), ``history.csv`` (per log step), ``checkpoint.pt``
+(every ``trainer.checkpoint_every`` iterations, for resuming), ``model.pt`` (the trained
+``state_dict``) and ``metrics.json`` (final numbers and one entry per evaluation solver).
+Every file is written atomically (temp file + rename), so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from .blocks import ResidualStack, SolverError
+from .build import build_model, build_optimizer, check_config, eval_options
+from .config import Config
+from .data import Dataset, load_dataset
+from .models import Classifier, count_parameters
+from .solvers import is_adaptive
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
+    """Write ``path`` through ``write(file)`` into a temp file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2, allow_nan=True))
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()), binary=True)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+
+    def write(f: Any) -> None:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but CUDA is not available: use device=auto or device=cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class BatchSampler:
+    """Shuffled mini-batches over ``n`` examples, epoch after epoch, with a resumable state."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size = n, min(batch_size, n)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(n, generator=self.generator)
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.batch_size > self.n:
+            self.perm = torch.randperm(self.n, generator=self.generator)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.pos = state["perm"], int(state["pos"])
+
+
+def total_iterations(cfg: Config, n_train: int) -> int:
+    t = cfg.trainer
+    if t.iterations is not None:
+        return int(t.iterations)
+    return int(t.epochs) * math.ceil(n_train / min(t.batch_size, n_train))
+
+
+def _learned_step_sizes(model: Classifier) -> dict[str, float]:
+    block = model.block
+    if isinstance(block, ResidualStack) and block.learn_steps:
+        return {f"h_{k}": float(h) for k, h in enumerate(block.step_sizes.detach().cpu())}
+    return {}
+
+
+@torch.no_grad()
+def evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """Accuracy, mean cross-entropy and mean NFE per forward over ``(x, y)`` in batches."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum, nfes = 0, 0.0, []
+    try:
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            logits = model(xb)
+            nfes.append(model.block.nfe)
+            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(-1) == yb).sum())
+    finally:
+        model.train(was_training)
+    n = len(x)
+    return {"accuracy": correct / n, "loss": loss_sum / n, "nfe": float(np.mean(nfes))}
+
+
+def _train_description(cfg: Config, model: Classifier) -> dict[str, Any]:
+    block = model.block
+    steps = block.steps if isinstance(block, ResidualStack) else None
+    return {
+        "solver": cfg.solver.name,
+        "steps": steps,
+        "step_size": cfg.block.T / steps if steps else None,
+        "block": cfg.block.kind,
+        "rtol": cfg.solver.rtol if is_adaptive(cfg.solver.name) else None,
+    }
+
+
+def run_evaluations(cfg: Config, model: Classifier, data: Dataset, device: torch.device) -> list[dict[str, Any]]:
+    """The trained model under its training solver and every ``evaluation.solvers`` entry.
+
+    A solver that fails (step-size underflow, too many steps, an option the block cannot take)
+    gives an entry with ``status: failed`` and the reason; the others still run.
+    """
+    train = _train_description(cfg, model)
+    x, y, bs = data.x_test.to(device), data.y_test.to(device), cfg.trainer.eval_batch_size
+    train_key = (train["solver"], train["steps"])
+    entries: list[tuple[str, dict[str, Any], bool]] = [(cfg.solver.name, {}, True)]
+    seen = {train_key}
+    for ev in cfg.evaluation.solvers:
+        try:
+            options = eval_options(ev, train["steps"])
+        except ValueError as err:
+            entries.append((ev.name, {"error": str(err)}, False))
+            continue
+        key = (ev.name, options.get("steps")) if "steps" in options else (ev.name, options["rtol"], options["atol"])
+        if key in seen and not is_adaptive(ev.name) and cfg.block.kind in ("residual", "plain"):
+            continue  # the training solver itself, already evaluated
+        seen.add(key)
+        entries.append((ev.name, options, False))
+
+    results = []
+    for name, options, is_train in entries:
+        steps = train["steps"] if is_train else options.get("steps")
+        entry: dict[str, Any] = {
+            "test_solver": name,
+            "test_steps": steps,
+            "test_step_size": cfg.block.T / steps if steps else None,
+            "rtol": train["rtol"] if is_train else options.get("rtol"),
+            "atol": (cfg.solver.atol if train["rtol"] is not None else None) if is_train else options.get("atol"),
+            "accuracy": None, "loss": None, "nfe": None,
+            "status": "ok", "reason": None, "is_train_solver": is_train,
+        }
+        try:
+            if "error" in options:
+                raise ValueError(options["error"])
+            evaluated = model if is_train else model.with_solver(name, **options)
+            entry.update(evaluate(evaluated, x, y, bs))
+        except (SolverError, ValueError) as err:
+            entry.update(status="failed", reason=str(err))
+            log.warning("evaluation %s (%s) failed: %s", name, options, err)
+        results.append(entry)
+    return results
+
+
+def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train the configured model into ``out_dir`` (resuming from its checkpoint), then evaluate it.
+
+    Returns the metrics written to ``metrics.json``. A diverged loss raises ``TrainingDiverged``
+    and a failed training solve ``SolverError``, after ``metrics.json`` records the failure.
+    """
+    check_config(cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True)))
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    d = cfg.data
+    data = load_dataset(
+        d.name, root=d.root, n_train=d.n_train, n_test=d.n_test, seed=d.seed, dim=d.dim, noise=d.noise,
+        as_images=d.as_images,
+    )
+    model = build_model(cfg, data.input_shape, data.num_classes).to(device)
+    total = total_iterations(cfg, len(data.x_train))
+    optimizer, scheduler = build_optimizer(cfg, model, total)
+    sampler = BatchSampler(len(data.x_train), cfg.trainer.batch_size, cfg.seed)
+    metrics: dict[str, Any] = {
+        "status": "running", "reason": None, "seed": cfg.seed, "overrides": dict(overrides or {}),
+        "train": {**_train_description(cfg, model), "iterations": total, "parameters": count_parameters(model)},
+        "evaluations": [],
+    }
+    log.info(
+        "odenet: %s on %s (%d train / %d test), %s block, solver %s, %d parameters, %d iterations, device %s",
+        cfg.field.kind, d.name, len(data.x_train), len(data.x_test), cfg.block.kind, cfg.solver.name,
+        metrics["train"]["parameters"], total, device,
+    )
+
+    history: list[dict[str, Any]] = []
+    start, window = 0, {"loss": 0.0, "correct": 0, "seen": 0, "count": 0}
+    checkpoint_path = out_dir / "checkpoint.pt"
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        start, history, window = int(state["iteration"]), list(state["history"]), dict(state["window"])
+        log.info("resuming from %s at iteration %d of %d", checkpoint_path, start, total)
+
+    def save_checkpoint(iteration: int) -> None:
+        save_torch(checkpoint_path, {
+            "iteration": iteration, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "history": history, "window": window,
+        })
+
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    t0 = time.perf_counter()
+    bar = tqdm(
+        range(start, total), initial=start, total=total, desc="train", dynamic_ncols=True,
+        disable=(not cfg.trainer.progress) or None,  # None: shown only on a terminal
+        file=sys.stderr,
+    )
+    model.train()
+    try:
+        for it in bar:
+            idx = sampler.next().to(device)
+            logits = model(x_train[idx])
+            loss = F.cross_entropy(logits, y_train[idx])
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the training loss became {float(loss.detach())} at iteration {it + 1}: lower optimizer.lr "
+                    f"(now {cfg.optimizer.lr:g}) or use a smaller step (solver.steps / solver.rtol)"
+                )
+            nfe_forward = model.block.nfe
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            window["loss"] += float(loss.detach()) * len(idx)
+            window["correct"] += int((logits.argmax(-1) == y_train[idx]).sum())
+            window["seen"] += len(idx)
+            window["count"] += 1
+            done = it + 1
+            if done % cfg.trainer.log_every == 0 or done == total:
+                row = {
+                    "iteration": done,
+                    "epoch": round(done * sampler.batch_size / len(x_train), 4),
+                    "loss": window["loss"] / window["seen"],
+                    "accuracy": window["correct"] / window["seen"],
+                    "nfe_forward": nfe_forward,
+                    "nfe_backward": model.block.nfe_backward,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": round(time.perf_counter() - t0, 3),
+                    **_learned_step_sizes(model),
+                }
+                history.append(row)
+                window = {"loss": 0.0, "correct": 0, "seen": 0, "count": 0}
+                write_csv(out_dir / "history.csv", history)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}", nfe=nfe_forward)
+            if done % cfg.trainer.checkpoint_every == 0 or done == total:
+                save_checkpoint(done)
+    except (TrainingDiverged, SolverError) as err:
+        metrics.update(status="failed", reason=str(err))
+        write_json(out_dir / "metrics.json", metrics)
+        raise
+    finally:
+        bar.close()
+
+    save_torch(out_dir / "model.pt", model.state_dict())
+    train_eval = evaluate(model, x_train, y_train, cfg.trainer.eval_batch_size)
+    metrics["train"].update(
+        final_loss=history[-1]["loss"] if history else None,
+        final_accuracy=history[-1]["accuracy"] if history else None,
+        train_loss=train_eval["loss"], train_accuracy=train_eval["accuracy"],
+        **({"step_sizes": list(_learned_step_sizes(model).values())} if _learned_step_sizes(model) else {}),
+    )
+    metrics["evaluations"] = run_evaluations(cfg, model, data, device)
+    metrics["status"] = "ok"
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def load_model(run_dir: Path, cfg: Config | None = None, device: str = "cpu") -> Classifier:
+    """Rebuild the model of a finished run and load its ``model.pt`` (``weights_only=True``)."""
+    run_dir = Path(run_dir)
+    if cfg is None:
+        from .config import Config as Schema
+
+        cfg = OmegaConf.merge(OmegaConf.structured(Schema), OmegaConf.load(run_dir / "config.yaml"))  # type: ignore[assignment]
+    d = cfg.data
+    data = load_dataset(d.name, root=d.root, n_train=8, n_test=8, seed=d.seed, dim=d.dim, noise=d.noise,
+                        as_images=d.as_images)
+    model = build_model(cfg, data.input_shape, data.num_classes)
+    model.load_state_dict(torch.load(run_dir / "model.pt", map_location=device, weights_only=True))
+    return model.to(device)

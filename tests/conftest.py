@@ -1,0 +1,100 @@
+"""Shared fields and helpers for the odenet test suite."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+# Make ``import odenet`` work from a plain ``pytest`` run without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# The tests use tiny tensors: one intra-op thread is fastest, and it keeps the suite fast on a
+# loaded machine (with 2 threads, OpenMP spin-waiting can make a tiny conv ~1000x slower).
+torch.set_num_threads(1)
+
+
+class LinearField(nn.Module):
+    """``F(t, x) = x A^T``, i.e. ``dx/dt = A x`` per row; counts its own calls."""
+
+    def __init__(self, A: Tensor) -> None:
+        super().__init__()
+        self.A = nn.Parameter(A.clone())
+        self.calls = 0
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        self.calls += 1
+        return x @ self.A.T
+
+
+class TimeScaledLinearField(nn.Module):
+    """``F(t, x) = cos(w t) x A^T``: non-autonomous, exact solution ``x0 expm(sin(w T)/w A)^T``."""
+
+    def __init__(self, A: Tensor, w: float = 2.0) -> None:
+        super().__init__()
+        self.A = nn.Parameter(A.clone())
+        self.w = w
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        return torch.cos(self.w * torch.as_tensor(t, dtype=x.dtype)) * (x @ self.A.T)
+
+    def exact(self, x0: Tensor, T: float) -> Tensor:
+        return x0 @ torch.linalg.matrix_exp(self.A.detach() * (np.sin(self.w * T) / self.w)).T
+
+
+class CountingField(nn.Module):
+    """Wraps a field and counts the calls made to it."""
+
+    def __init__(self, field: nn.Module) -> None:
+        super().__init__()
+        self.field = field
+        self.calls = 0
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        self.calls += 1
+        return self.field(t, x)
+
+
+class ShapeChangingField(nn.Module):
+    """A broken 'field' whose output drops the last feature."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(dim, dim - 1)
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        return self.lin(x)
+
+
+def linear_exact(A: Tensor, x0: Tensor, T: float) -> Tensor:
+    """Exact solution of ``dx/dt = A x`` at ``T`` for row states ``x0``."""
+    return x0 @ torch.linalg.matrix_exp(A * T).T
+
+
+def observed_order(steps: list[int], errors: list[float], T: float = 1.0) -> float:
+    """Least-squares slope of ``log(error)`` against ``log(h)``."""
+    h = np.array([T / n for n in steps])
+    return float(np.polyfit(np.log(h), np.log(np.array(errors)), 1)[0])
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def A64() -> Tensor:
+    """A fixed, well-conditioned 4x4 system matrix (mildly contracting, rotating) in float64."""
+    g = torch.Generator().manual_seed(1234)
+    M = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    return 1.5 * M / torch.linalg.matrix_norm(M, ord=2) - 0.3 * torch.eye(4, dtype=torch.float64)
+
+
+@pytest.fixture
+def x64() -> Tensor:
+    g = torch.Generator().manual_seed(99)
+    return torch.randn(5, 4, generator=g, dtype=torch.float64)

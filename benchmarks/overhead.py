@@ -57,6 +57,7 @@ class Row:
     ref_ms: float | None = None
     rounds: int = 0
     ref_runs: int = 0
+    paired: float = float("nan")  # median over rounds of odenet / baseline within the round
 
     @property
     def ratio(self) -> float:
@@ -90,22 +91,34 @@ def interleaved(
     min_rounds: int,
     max_rounds: int,
     warmup: int,
-) -> tuple[list[float], int]:
-    """Median seconds per call of each contender, timed in interleaved rounds for about ``budget_s``."""
-    for _ in range(warmup):
+) -> tuple[list[float], int, float]:
+    """Median seconds per call of each contender, timed in interleaved rounds for about ``budget_s``.
+
+    Also returns the number of rounds and the median within-round ratio of contender 1 over 0.
+    """
+    warm_deadline = time.perf_counter() + 0.2 * budget_s
+    for w in range(warmup):
+        if w > 0 and time.perf_counter() > warm_deadline:
+            break
         for fn in contenders:
             timed_call(fn, params)
     times: list[list[float]] = [[] for _ in contenders]
     gc.collect()
-    # Rounds continue until the wall-clock budget is spent (a loaded machine gets fewer, not longer).
-    deadline = time.perf_counter() + budget_s
+    # Rounds continue until the wall-clock budget is spent, so a loaded machine gets fewer rounds rather
+    # than a longer run; min_rounds gives way after 3x the budget, but one round always runs.
+    now = time.perf_counter()
+    deadline, hard_deadline = now + budget_s, now + 3 * budget_s
     rounds = 0
-    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() < deadline):
+    while rounds < max_rounds:
+        now = time.perf_counter()
+        if rounds >= 1 and (now > hard_deadline or (rounds >= min_rounds and now > deadline)):
+            break
         order = range(len(contenders)) if rounds % 2 == 0 else reversed(range(len(contenders)))
         for i in order:
             times[i].append(timed_call(contenders[i], params))
         rounds += 1
-    return [statistics.median(ts) for ts in times], rounds
+    paired = statistics.median(b / a for a, b in zip(times[0], times[1]))
+    return [statistics.median(ts) for ts in times], rounds, paired
 
 
 def repeated(fn: Callable[[], None], params: list[nn.Parameter], runs: int) -> float:
@@ -137,13 +150,13 @@ def case_euler(size: str, steps: int, budget_s: float, quick: bool) -> Row:
         y = torchdiffeq.odeint(field, x, t_span, method="euler", options=dict(step_size=h))[-1]
         y.square().mean().backward()
 
-    (base, ours, theirs), rounds = interleaved(
-        [hand, odenet, ref], params, budget_s, min_rounds=5 if quick else 30, max_rounds=2000,
-        warmup=2 if quick else 10,
+    (base, ours, theirs), rounds, paired = interleaved(
+        [hand, odenet, ref], params, budget_s, min_rounds=2 if quick else 10, max_rounds=2000,
+        warmup=1 if quick else 10,
     )
     dim, hidden, batch = SIZES[size]
     name = f"1. euler N={steps} fwd+bwd, dim {dim} hidden {hidden} batch {batch}"
-    return Row(name, base * 1e3, ours * 1e3, 1.05, theirs * 1e3, rounds=rounds, ref_runs=rounds)
+    return Row(name, base * 1e3, ours * 1e3, 1.05, theirs * 1e3, rounds, rounds, paired)
 
 
 def case_trajectory(size: str, steps: int, budget_s: float, ref_runs: int, quick: bool) -> Row:
@@ -168,14 +181,14 @@ def case_trajectory(size: str, steps: int, budget_s: float, ref_runs: int, quick
         traj = torchdiffeq.odeint(field, x, ts, method="euler", options=dict(step_size=h))
         traj.square().mean().backward()
 
-    (base, ours), rounds = interleaved(
-        [hand, odenet], params, budget_s, min_rounds=3 if quick else 15, max_rounds=500,
+    (base, ours), rounds, paired = interleaved(
+        [hand, odenet], params, budget_s, min_rounds=1 if quick else 5, max_rounds=500,
         warmup=1 if quick else 3,
     )
     theirs = repeated(ref, params, ref_runs) if ref_runs > 0 else None
     dim, hidden, batch = SIZES[size]
     name = f"2. trajectory N={steps} fwd+bwd, dim {dim} hidden {hidden} batch {batch}"
-    return Row(name, base * 1e3, ours * 1e3, 1.2, None if theirs is None else theirs * 1e3, rounds, ref_runs)
+    return Row(name, base * 1e3, ours * 1e3, 1.2, None if theirs is None else theirs * 1e3, rounds, ref_runs, paired)
 
 
 def case_dopri5(size: str, budget_s: float, quick: bool) -> Row:
@@ -193,13 +206,13 @@ def case_dopri5(size: str, budget_s: float, quick: bool) -> Row:
     def odenet() -> None:
         block(x).square().mean().backward()
 
-    (base, ours), rounds = interleaved(
-        [direct, odenet], params, budget_s, min_rounds=5 if quick else 30, max_rounds=2000,
-        warmup=2 if quick else 10,
+    (base, ours), rounds, paired = interleaved(
+        [direct, odenet], params, budget_s, min_rounds=2 if quick else 10, max_rounds=2000,
+        warmup=1 if quick else 10,
     )
     dim, hidden, batch = SIZES[size]
     name = f"3. dopri5 (NFE {block.nfe}) fwd+bwd, dim {dim} hidden {hidden} batch {batch}"
-    return Row(name, base * 1e3, ours * 1e3, 1.05, rounds=rounds)
+    return Row(name, base * 1e3, ours * 1e3, 1.05, rounds=rounds, paired=paired)
 
 
 # --------------------------------------------------------------------------------------- main
@@ -219,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quick = args.quick
     # Per-case time budgets for the interleaved rounds (seconds); the total stays near 2 minutes.
-    b_small, b_large, b_traj = (0.6, 1.0, 1.5) if quick else (10.0, 15.0, 20.0)
+    b_small, b_large, b_traj = (0.5, 0.8, 1.2) if quick else (10.0, 15.0, 20.0)
     traj_steps = 1000
     ref_runs = 1 if quick else 2
 
@@ -231,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("Timings: median ms per forward+backward call; contenders interleaved in the same run.\n", flush=True)
 
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     start = time.perf_counter()
     rows: list[Row] = []
     with torch.device("cpu"):
@@ -257,9 +271,18 @@ def main(argv: list[str] | None = None) -> int:
     print("torch.stack; 3. torchdiffeq.odeint(field, ...) called directly. torchdiffeq ref: odeint euler with")
     print("step_size=h (case 2: on the 1001-point grid).")
     print("timed rounds per row (one call of each contender per round): " + ", ".join(str(r.rounds) for r in rows))
+    print("paired ratio per row (median of odenet/baseline within a round; a drift check on the ratio): "
+          + ", ".join(f"{r.paired:.3f}x" for r in rows))
     print(f"case 2 torchdiffeq ref: median of {rows[2].ref_runs} call(s), not interleaved.")
     missed = [r.case for r in rows if r.ratio > r.target]
     print("all targets met" if not missed else "targets MISSED: " + "; ".join(missed))
+    if load_before is not None:
+        load_after = os.getloadavg()[0]
+        print(f"1-min load average: {load_before:.2f} before, {load_after:.2f} after (other processes "
+              f"competing for the {os.cpu_count()} cores inflate tails and noise)")
+        if max(load_before, load_after) > 0.5 * (os.cpu_count() or 1) and torch.get_num_threads() > 1:
+            print("note: the machine is busy; intra-op threads then wait on each other (slow, noisy medians):"
+                  " compare with --threads 1")
     print(f"total wall time: {elapsed:.1f} s")
     return 0
 

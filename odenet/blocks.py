@@ -220,6 +220,11 @@ class ResidualStack(Block):
         return torch.stack(self._solve(x, keep=True))
 
     def with_solver(self, solver: str, **options: Any) -> Block:
+        if not self.shortcut and (solver != "euler" or set(options) & _ODE_ONLY_OPTIONS):
+            raise ValueError(
+                f"a plain net (shortcut=False) iterates a map, not an ODE: it has no {solver!r} integration; "
+                "only with_solver('euler', steps=N) applies"
+            )
         if solver in SCHEMES and not (set(options) & _ODE_ONLY_OPTIONS):
             options.setdefault("steps", self.steps)
             options.setdefault("shortcut", self.shortcut)

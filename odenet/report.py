@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ BASE_COLUMNS = (
 )
 
 Row = dict[str, Any]
-PlotFn = Callable[[list[Row]], "Figure | None"]
+PlotFn = Callable[[list[Row]], Figure | None]
 
 
 class ReportError(RuntimeError):
@@ -94,14 +96,18 @@ def _root(dir: str | Path) -> Path:
 
 
 def _run_dirs_without_metrics(root: Path, with_metrics: set[Path]) -> list[Path]:
-    """Hydra job dirs (holding ``.hydra/`` or named by a job number) with no metrics.json below them."""
-    dirs = [root, *(p for p in root.rglob("*") if p.is_dir() and not _is_hidden(p, root))]
-    missing = []
-    for d in dirs:
-        is_job = (d / ".hydra").is_dir() or (
-            d != root and d.name.isdigit() and not any(c.is_dir() and c.name.isdigit() for c in d.iterdir())
-        )
-        if is_job and not any(m == d or d in m.parents for m in with_metrics):
+    """Hydra job dirs (holding ``.hydra/`` or named by a job number) with no metrics.json below them.
+
+    Dirs inside a run dir (checkpoints/1000, say) or inside a job dir already reported are not jobs.
+    """
+    above = {p for m in with_metrics for p in (m, *m.parents)}  # run dirs and their ancestors
+    dirs = sorted((p for p in root.rglob("*") if p.is_dir() and not _is_hidden(p, root)), key=lambda p: p.parts)
+    missing: list[Path] = []
+    for d in [root, *dirs]:
+        if d in above or any(p in with_metrics or p in missing for p in d.parents):
+            continue
+        numbered_leaf = d != root and d.name.isdigit() and not any(c.is_dir() and c.name.isdigit() for c in d.iterdir())
+        if (d / ".hydra").is_dir() or numbered_leaf:
             missing.append(d)
     return missing
 
@@ -136,7 +142,7 @@ def _run_rows(data: dict[str, Any], run_dir: str) -> list[Row]:
     for ev in evaluations:
         ev_status = ev.get("status") or ("ok" if ev.get("accuracy") is not None else "failed")
         status = ev_status if run_ok else "failed"
-        reason = ev.get("reason") or (None if run_ok else run_reason)
+        reason = ev.get("reason") or (None if run_ok else f"run failed: {run_reason or '?'}")
         rows.append(
             {
                 **common,
@@ -250,6 +256,8 @@ def setting_keys(rows: Sequence[Row]) -> list[str]:
     for k in keys:
         seen: dict[tuple[Any, ...], set[Any]] = {}
         for r in rows:
+            if r["train_solver"] is None:  # a failed run that never reported its training config
+                continue
             seen.setdefault((r["train_solver"], r["train_steps"], r["train_step_size"]), set()).add(r[k])
         if any(len(v) > 1 for v in seen.values()):
             kept.append(k)
@@ -387,6 +395,7 @@ def render_markdown(
     files: Sequence[Path] = (),
     incomplete: Sequence[str] = (),
     unreadable: Sequence[str] = (),
+    out_dir: Path | None = None,
 ) -> str:
     """The markdown report: accuracy tables, failures, skipped run dirs and the files written."""
     settings = setting_keys(rows)
@@ -474,7 +483,10 @@ def render_markdown(
     lines += ["## Files", ""]
     lines += [f"- `{p.name}`" for p in files]
     lines += [""] + [f"![{p.stem.replace('_', ' ')}]({p.name})" for p in files if p.suffix == ".png"]
-    lines += ["", f"Regenerate with `python -m odenet.report {root.resolve()}`.", ""]
+    command = f"python -m odenet.report {root.resolve()}"
+    if out_dir is not None and out_dir.resolve() != root.resolve():
+        command += f" --out {out_dir.resolve()}"
+    lines += ["", f"Regenerate with `{command}`.", ""]
     return "\n".join(lines)
 
 
@@ -509,7 +521,7 @@ def write_report(dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
             continue
         pngs.append(save_figure(fig, path))
     md_path = out / REPORT
-    md_path.write_text(render_markdown(scan.rows, root, [csv_path, *pngs], scan.incomplete, scan.unreadable))
+    md_path.write_text(render_markdown(scan.rows, root, [csv_path, *pngs], scan.incomplete, scan.unreadable, out))
     return [csv_path, md_path, *pngs]
 
 
@@ -530,14 +542,32 @@ def register_plot(filename: str) -> Callable[[PlotFn], PlotFn]:
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Save ``fig`` as PNG with the Agg backend, lowering the dpi until it fits :data:`MAX_PNG_BYTES`."""
+    """Save ``fig`` as PNG with the Agg backend, under :data:`MAX_PNG_BYTES`.
+
+    A figure too large at ``dpi`` is reduced to a 256-colour palette (plots have few colours), then
+    saved at lower dpi if need be.
+    """
     path = Path(path)
     FigureCanvasAgg(fig)
-    for d in (dpi, int(dpi * 0.75), int(dpi * 0.5)):
-        fig.savefig(path, dpi=d)
-        if path.stat().st_size <= MAX_PNG_BYTES:
+    for d in (dpi, int(dpi * 0.8), int(dpi * 0.64)):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=d, format="png")
+        data = buffer.getvalue()
+        if len(data) > MAX_PNG_BYTES:
+            data = _palette_png(data)
+        if len(data) <= MAX_PNG_BYTES:
             break
+    path.write_bytes(data)
     return path
+
+
+def _palette_png(data: bytes) -> bytes:
+    from PIL import Image  # a matplotlib dependency
+
+    image = Image.open(io.BytesIO(data)).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE)
+    out = io.BytesIO()
+    image.save(out, format="png", optimize=True)
+    return out.getvalue()
 
 
 def _solver_colors(rows: Sequence[Row]) -> dict[str, Any]:
@@ -554,15 +584,12 @@ def _matched_series(row: Row) -> tuple[str, str]:
     return ("fixed", str(row["test_solver"]))
 
 
-def _log2_ticks(ax: Axes, values: Sequence[float], label: Callable[[float], str], axis: str = "x") -> None:
+def _log2_xticks(ax: Axes, values: Iterable[float], label: Callable[[float], str]) -> None:
+    """Log2 x axis with a labelled tick at each data value."""
     ticks = sorted(set(values))
-    if axis == "x":
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ticks, [label(v) for v in ticks])
-        ax.minorticks_off()
-    else:
-        ax.set_yscale("log", base=2)
-        ax.set_yticks(ticks, [label(v) for v in ticks])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [label(v) for v in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def _grid(n: int, width: float = 4.6, height: float = 3.6, cols: int = 3) -> tuple[Figure, list[Axes]]:
@@ -574,6 +601,15 @@ def _grid(n: int, width: float = 4.6, height: float = 3.6, cols: int = 3) -> tup
     for ax in flat[n:]:
         ax.set_visible(False)
     return fig, flat[:n]
+
+
+def _legend_union(axes: Sequence[Axes]) -> dict[str, Any]:
+    """Legend label -> handle over all panels, first occurrence first."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    return seen
 
 
 def _line(ax: Axes, points: dict[float, Stats], band: bool = True, **kw: Any) -> None:
@@ -600,8 +636,11 @@ def _plot_vs_train_step(rows: list[Row], metric: str, title: str, ylabel: str, l
     order = sorted(series, key=_sort_key)
     fig, axes = _grid(len(order), width=6.0, height=4.2)
     steps_of = {r["train_step_size"]: r["train_steps"] for r in usable}
+    shared_legend = len(order) > 1  # one legend outside the panels; thick line = that panel's training solver
+    band = max(len(s) for s in series.values()) <= 6  # more overlapping bands turn into mud
     for ax, panel in zip(axes, order):
         train_solver, extra = panel
+        adaptive_styles = iter(["--", "-.", ":", (0, (5, 1, 1, 1, 1, 1))] * 8)
         for kind, label in sorted(series[panel], key=lambda s: (s[0] != "fixed", s[1] != train_solver, s[1])):
             group = series[panel][(kind, label)]
             points = {
@@ -611,25 +650,39 @@ def _plot_vs_train_step(rows: list[Row], metric: str, title: str, ylabel: str, l
             _line(
                 ax,
                 points,
-                label=f"{label} (training solver)" if is_train else label,
+                label=f"{label} (training solver)" if is_train and not shared_legend else label,
                 color=colors.get(str(group[0]["test_solver"])),
-                linestyle="--" if kind == "adaptive" else "-",
+                linestyle=next(adaptive_styles) if kind == "adaptive" else "-",
+                band=band,
                 linewidth=2.6 if is_train else 1.6,
                 marker="s" if kind == "adaptive" else "o",
                 zorder=3 if is_train else 2,
             )
         hs = [r["train_step_size"] for r in panels[panel]]
-        _log2_ticks(ax, hs, lambda h: f"{fmt_h(h)}\nN={_fmt(steps_of.get(h))}" if steps_of.get(h) else fmt_h(h))
+        _log2_xticks(ax, hs, lambda h: f"{fmt_h(h)}\nN={_fmt(steps_of.get(h))}" if steps_of.get(h) else fmt_h(h))
         if log_y:
             ax.set_yscale("log")
         ax.set_xlabel("training step size h = T/N (log₂ scale)")
         extra_text = ", ".join(f"{k}={_fmt(v)}" for k, v in zip(settings, extra))
         ax.set_title(f"trained with {train_solver}" + (f", {extra_text}" if extra_text else ""), fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(title="test solver (fixed-step: at the training h)", fontsize=8, title_fontsize=8)
+        if not shared_legend:
+            ax.legend(title="test solver (fixed-step: at the training h)", fontsize=8, title_fontsize=8)
     for ax in axes[:: min(len(axes), 3)]:
         ax.set_ylabel(ylabel)
-    fig.suptitle(f"{title}\n(mean over seeds; shaded band: min–max over seeds)", fontsize=11)
+    if shared_legend:
+        handles = _legend_union(axes)
+        handles["training solver of the panel"] = axes[0].plot([], [], color="black", linewidth=2.6)[0]
+        fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="outside right upper",
+            title="test solver\n(fixed-step: at the training h)",
+            fontsize=8,
+            title_fontsize=9,
+        )
+    spread = "shaded band: min–max over seeds" if band else "no bands: too many lines"
+    fig.suptitle(f"{title}\n(mean over seeds; {spread})", fontsize=11)
     return fig
 
 
@@ -655,6 +708,7 @@ def plot_accuracy_vs_test_steps(rows: list[Row]) -> Figure | None:
     color = {m: cmap(0.9 * i / max(len(models) - 1, 1)) for i, m in enumerate(models)}
     styles = ["-", "--", ":", "-."]
     train_solvers = sorted({m[0] for m in models}, key=_sort_value)
+    band = len(models) <= 6  # more overlapping bands turn into mud (and bloat the PNG)
     fig, axes = _grid(len(solvers))
     for ax, solver in zip(axes, solvers):
         for m in models:
@@ -662,19 +716,21 @@ def plot_accuracy_vs_test_steps(rows: list[Row]) -> Figure | None:
             if not group:
                 continue
             by_n = _group(group, lambda r: r["test_steps"])
+            points = {n: stats(r["accuracy"] for r in rs) for n, rs in by_n.items()}
             _line(
                 ax,
-                {n: stats(r["accuracy"] for r in rs) for n, rs in by_n.items()},
+                points,
+                band=band,
                 label=model_label(m, settings),
                 color=color[m],
                 linestyle=styles[train_solvers.index(m[0]) % len(styles)],
                 linewidth=1.6,
             )
             own = [n for n, rs in by_n.items() if any(r["is_train_solver"] for r in rs)]
-            for n in own:
+            if own:
                 ax.plot(
-                    [n],
-                    [stats(r["accuracy"] for r in by_n[n]).mean],
+                    own,
+                    [points[n].mean for n in own],
                     marker="*",
                     markersize=13,
                     color=color[m],
@@ -682,27 +738,21 @@ def plot_accuracy_vs_test_steps(rows: list[Row]) -> Figure | None:
                     linestyle="none",
                     zorder=4,
                 )
-        _log2_ticks(ax, [r["test_steps"] for r in usable if r["test_solver"] == solver], lambda n: f"{n:g}")
+        _log2_xticks(ax, [r["test_steps"] for r in usable if r["test_solver"] == solver], lambda n: f"{n:g}")
         ax.set_title(f"tested with {solver}", fontsize=10)
         ax.set_xlabel("test steps N (log₂ scale)")
         ax.grid(True, which="major", alpha=0.3)
     for ax in axes[:: min(len(axes), 3)]:
         ax.set_ylabel("test accuracy (fraction correct)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    seen = dict(zip(labels, handles))
-    for ax in axes[1:]:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(lab, h)
-    seen["★ training solver and steps"] = axes[0].plot(
+    seen = _legend_union(axes)
+    seen["training solver and steps"] = axes[0].plot(
         [], [], marker="*", markersize=11, color="grey", markeredgecolor="black", linestyle="none"
     )[0]
     fig.legend(
         list(seen.values()), list(seen), loc="outside right upper", title="trained model", fontsize=8, title_fontsize=9
     )
-    fig.suptitle(
-        "Test accuracy vs number of test steps, per trained model\n(mean over seeds; shaded band: min–max over seeds)",
-        fontsize=11,
-    )
+    spread = "shaded band: min–max over seeds" if band else "no bands: too many lines"
+    fig.suptitle(f"Test accuracy vs number of test steps, per trained model\n(mean over seeds; {spread})", fontsize=11)
     return fig
 
 

@@ -569,3 +569,13 @@ def test_cuda_blocks_match_cpu():
         assert all(p.grad is not None and p.grad.device.type == "cuda" for p in block.field.parameters())
         block.cpu()
         block.field.zero_grad(set_to_none=True)
+
+
+def test_plain_net_refuses_ode_integrators():
+    import odenet
+
+    plain = odenet.ResidualStack(odenet.MLPField(2, 8), steps=4, shortcut=False)
+    for solver, options in (("dopri5", {}), ("rk4", {"steps": 4}), ("euler", {"step_size": 0.1})):
+        with pytest.raises(ValueError, match="shortcut=False"):
+            plain.with_solver(solver, **options)
+    assert plain.with_solver("euler", steps=8).steps == 8

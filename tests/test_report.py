@@ -99,6 +99,7 @@ def _make_sweep(root: Path) -> Path:
     }  # fmt: skip
     _write(root / "retry" / "0", failed)
     _write(root / "4", None)
+    (root / "0" / "checkpoints" / "1000").mkdir(parents=True)  # numbered, but inside a run dir: not a job
     (root / "multirun.yaml").write_text("hydra:\n  overrides:\n    task:\n    - solver.steps=2,4\n    - seed=0,1\n")
     return root
 
@@ -254,6 +255,22 @@ def test_override_columns_union_and_model_settings(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("no_plots")
+def test_failed_run_with_evaluations_is_kept_out_of_the_means(tmp_path: Path) -> None:
+    _write(tmp_path / "0", _metrics(4, 0, [_evaluation(4, 0, "euler", 4)]))
+    broken = _metrics(4, 1, [_evaluation(4, 1, "euler", 4) | {"accuracy": 0.1}])
+    broken |= {"status": "failed", "reason": "final loss is nan"}
+    _write(tmp_path / "1", broken)
+    rows = collect(tmp_path)
+    assert [(r["status"], r["reason"], r["accuracy"]) for r in rows] == [
+        ("ok", None, 0.94),
+        ("failed", "run failed: final loss is nan", 0.1),
+    ]
+    md = write_report(tmp_path)[1].read_text()
+    assert "| euler (train) | 4 | 1/4 |  |  | 0.9400 | 1/2 | 4.0 |" in md
+    assert "2 runs (1 ok, 1 failed)" in md and "final loss is nan" in md
+
+
+@pytest.mark.usefixtures("no_plots")
 def test_unreadable_metrics_is_skipped(sweep: Path, caplog: pytest.LogCaptureFixture) -> None:
     _write(sweep / "5", None)
     (sweep / "5" / "metrics.json").write_text('{"status": "ok", ')  # killed mid-write
@@ -332,6 +349,8 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
             sys.modules["odenet"] = package
             sys.path.insert(0, sys.argv.pop(1))
             from test_report import _metrics
+            from odenet import report
+            report.PLOTS.clear()  # tables only: rendering is covered elsewhere
 
             @hydra.main(version_base=None, config_path=None, config_name=None)
             def task(cfg):
@@ -343,7 +362,7 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
             """
         )
     )
-    cmd = [sys.executable, str(app), str(REPO), str(REPO / "tests"), "-m", "+steps=2,4", "+seed=0,1"]
+    cmd = [sys.executable, str(app), str(REPO), str(REPO / "tests"), "-m", "+steps=2,4", "+seed=1"]
     cmd += ["hydra.sweep.dir=multirun/${now:%H-%M-%S-%f}", "hydra/job_logging=disabled"]
     cmd += ["+hydra.callbacks.report._target_=odenet.report.ReportCallback"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=180)
@@ -351,5 +370,5 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
     [sweep_dir] = list((tmp_path / "multirun").iterdir())
     header, rows = _read_csv(sweep_dir / "summary.csv")
     assert header == COLUMNS  # the overrides come from metrics.json, as the runner writes them
-    assert len(rows) == 4 * 6
-    assert (sweep_dir / "accuracy_vs_train_step.png").is_file()
+    assert [(r["run_dir"], r["seed"]) for r in rows] == [("0", "1")] * 6 + [("1", "1")] * 6
+    assert (sweep_dir / "report.md").is_file()

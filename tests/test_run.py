@@ -231,7 +231,8 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
 
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "odenet.run", *args, f"hydra.run.dir={out}"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)

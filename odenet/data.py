@@ -1,7 +1,7 @@
 """Data sets by name: synthetic 2D/nD classification problems and a few image benchmarks.
 
 ``load_dataset(name, ...)`` returns a :class:`Dataset` of CPU tensors (float32 inputs, int64
-labels). Every loader in ``DATASETS`` takes the same keyword set (``root``, ``n_train``,
+labels). Every loader in ``DATASETS`` takes one :class:`DataOptions` (``root``, ``n_train``,
 ``n_test``, ``seed``, ``dim``, ``noise``, ``as_images``) and uses the ones that apply to it:
 
 * synthetic sets (``spirals``, ``sphere2``, ``concentric_spheres``) are generated from
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DATASETS", "Dataset", "load_dataset", "register_dataset"]
+__all__ = ["DATASETS", "DataOptions", "Dataset", "load_dataset", "register_dataset"]
 
 # Seed of the fixed shuffle that subsamples real data sets (independent of ``seed``).
 _SUBSAMPLE_SEED = 0
@@ -68,15 +68,27 @@ class Dataset:
         )
 
 
-Loader = Callable[..., Dataset]
+@dataclass(frozen=True)
+class DataOptions:
+    """The options every loader receives; each uses those that apply to it (see its docstring)."""
+
+    root: str | os.PathLike[str] | None = None
+    n_train: int | None = None  # None: the data set's default size
+    n_test: int | None = None
+    seed: int = 0
+    dim: int = 2
+    noise: float | None = None  # None: the data set's default noise
+    as_images: bool = False
+
+
+Loader = Callable[[DataOptions], Dataset]
 DATASETS: dict[str, Loader] = {}
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
     """Decorator adding a loader to ``DATASETS`` under ``name``.
 
-    A loader takes the keyword arguments ``root, n_train, n_test, seed, dim, noise, as_images``
-    (all of them, using those that apply) and returns a :class:`Dataset`.
+    A loader takes a :class:`DataOptions` (using the options that apply) and returns a :class:`Dataset`.
     """
 
     def decorator(loader: Loader) -> Loader:
@@ -103,7 +115,7 @@ def load_dataset(
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; data.name must be one of {sorted(DATASETS)}")
     return DATASETS[name](
-        root=root, n_train=n_train, n_test=n_test, seed=seed, dim=dim, noise=noise, as_images=as_images
+        DataOptions(root=root, n_train=n_train, n_test=n_test, seed=seed, dim=dim, noise=noise, as_images=as_images)
     )
 
 
@@ -206,25 +218,16 @@ def _spirals(n: int, noise: float, rng: np.random.Generator) -> tuple[Tensor, Te
 
 
 @register_dataset("spirals")
-def load_spirals(
-    *,
-    root: str | os.PathLike[str] | None = None,
-    n_train: int | None = None,
-    n_test: int | None = None,
-    seed: int = 0,
-    dim: int = 2,
-    noise: float | None = None,
-    as_images: bool = False,
-) -> Dataset:
+def load_spirals(o: DataOptions) -> Dataset:
     """Two interleaved spiral arms in 2D (classes 0 and 1, half the points each), radius up to ~1.
 
     Arm ``k`` is ``r(t) (cos θ, sin θ)`` with ``t ~ U(0, 1)``, ``r = 0.05 + 0.95 t``,
     ``θ = 3π t + kπ`` (1.5 turns), plus Gaussian noise of std ``noise`` (default 0.05).
     Default 1000 train / 500 test points. Uses ``n_train, n_test, seed, noise``.
     """
-    sigma = _noise(noise, 0.05)
-    n_tr, n_te = _size("n_train", n_train, 1000), _size("n_test", n_test, 500)
-    rng_tr, rng_te = _rngs(seed)
+    sigma = _noise(o.noise, 0.05)
+    n_tr, n_te = _size("n_train", o.n_train, 1000), _size("n_test", o.n_test, 500)
+    rng_tr, rng_te = _rngs(o.seed)
     x_tr, y_tr = _spirals(n_tr, sigma, rng_tr)
     x_te, y_te = _spirals(n_te, sigma, rng_te)
     return Dataset("spirals", x_tr, y_tr, x_te, y_te, num_classes=2)
@@ -234,51 +237,12 @@ SPHERE2_ANNULI: tuple[tuple[float, float, int], ...] = ((0.1, 0.15, 0), (0.25, 0
 """``(inner radius, outer radius, label)`` of the three ``sphere2`` annuli."""
 
 
-def _sphere2(n: int, noise: float, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+def _radial(
+    regions: Sequence[tuple[float, float, int]], n: int, dim: int, noise: float, rng: np.random.Generator
+) -> tuple[Tensor, Tensor]:
+    """``n`` points split equally over the shells ``r0 < |x| < r1`` (uniform in volume), labelled per shell."""
     xs, ys = [], []
-    for (r0, r1, label), count in zip(SPHERE2_ANNULI, _split_counts(n, len(SPHERE2_ANNULI))):
-        pts = _uniform_radius(rng, count, r0, r1, 2)[:, None] * _directions(rng, count, 2)
-        if noise > 0:
-            pts = pts + noise * rng.standard_normal(pts.shape)
-        xs.append(pts)
-        ys.append(np.full(count, label))
-    return _shuffled(np.concatenate(xs), np.concatenate(ys), rng)
-
-
-@register_dataset("sphere2")
-def load_sphere2(
-    *,
-    root: str | os.PathLike[str] | None = None,
-    n_train: int | None = None,
-    n_test: int | None = None,
-    seed: int = 0,
-    dim: int = 2,
-    noise: float | None = None,
-    as_images: bool = False,
-) -> Dataset:
-    """Ott et al. (ICLR 2021)'s sphere2: 2D points in three annuli labelled 0 / 1 / 0.
-
-    Radii ``[0.1, 0.15]``, ``[0.25, 0.3]``, ``[0.4, 0.45]`` (``SPHERE2_ANNULI``). Each annulus
-    gets an equal share of the points (not proportional to its area), so class 0 holds about
-    two thirds; within an annulus points are uniform over the area
-    (``r = sqrt(U(r0², r1²))``). ``noise`` (default 0) adds Gaussian jitter of that std, which
-    lets points leave the annuli. Default 2000 train / 1000 test. Uses ``n_train, n_test, seed, noise``.
-    """
-    sigma = _noise(noise, 0.0)
-    n_tr, n_te = _size("n_train", n_train, 2000), _size("n_test", n_test, 1000)
-    rng_tr, rng_te = _rngs(seed)
-    x_tr, y_tr = _sphere2(n_tr, sigma, rng_tr)
-    x_te, y_te = _sphere2(n_te, sigma, rng_te)
-    return Dataset("sphere2", x_tr, y_tr, x_te, y_te, num_classes=2)
-
-
-CONCENTRIC_REGIONS: tuple[tuple[float, float, int], ...] = ((0.0, 0.5, 0), (1.0, 1.5, 1))
-"""``(inner radius, outer radius, label)``: the inner ball (g = -1) and the outer shell (g = +1)."""
-
-
-def _concentric(n: int, dim: int, noise: float, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
-    xs, ys = [], []
-    for (r0, r1, label), count in zip(CONCENTRIC_REGIONS, _split_counts(n, len(CONCENTRIC_REGIONS))):
+    for (r0, r1, label), count in zip(regions, _split_counts(n, len(regions))):
         pts = _uniform_radius(rng, count, r0, r1, dim)[:, None] * _directions(rng, count, dim)
         if noise > 0:
             pts = pts + noise * rng.standard_normal(pts.shape)
@@ -287,17 +251,30 @@ def _concentric(n: int, dim: int, noise: float, rng: np.random.Generator) -> tup
     return _shuffled(np.concatenate(xs), np.concatenate(ys), rng)
 
 
+@register_dataset("sphere2")
+def load_sphere2(o: DataOptions) -> Dataset:
+    """Ott et al. (ICLR 2021)'s sphere2: 2D points in three annuli labelled 0 / 1 / 0.
+
+    Radii ``[0.1, 0.15]``, ``[0.25, 0.3]``, ``[0.4, 0.45]`` (``SPHERE2_ANNULI``). Each annulus
+    gets an equal share of the points (not proportional to its area), so class 0 holds about
+    two thirds; within an annulus points are uniform over the area
+    (``r = sqrt(U(r0², r1²))``). ``noise`` (default 0) adds Gaussian jitter of that std, which
+    lets points leave the annuli. Default 2000 train / 1000 test. Uses ``n_train, n_test, seed, noise``.
+    """
+    sigma = _noise(o.noise, 0.0)
+    n_tr, n_te = _size("n_train", o.n_train, 2000), _size("n_test", o.n_test, 1000)
+    rng_tr, rng_te = _rngs(o.seed)
+    x_tr, y_tr = _radial(SPHERE2_ANNULI, n_tr, 2, sigma, rng_tr)
+    x_te, y_te = _radial(SPHERE2_ANNULI, n_te, 2, sigma, rng_te)
+    return Dataset("sphere2", x_tr, y_tr, x_te, y_te, num_classes=2)
+
+
+CONCENTRIC_REGIONS: tuple[tuple[float, float, int], ...] = ((0.0, 0.5, 0), (1.0, 1.5, 1))
+"""``(inner radius, outer radius, label)``: the inner ball (g = -1) and the outer shell (g = +1)."""
+
+
 @register_dataset("concentric_spheres")
-def load_concentric_spheres(
-    *,
-    root: str | os.PathLike[str] | None = None,
-    n_train: int | None = None,
-    n_test: int | None = None,
-    seed: int = 0,
-    dim: int = 2,
-    noise: float | None = None,
-    as_images: bool = False,
-) -> Dataset:
+def load_concentric_spheres(o: DataOptions) -> Dataset:
     """Dupont et al. (2019, ANODE)'s concentric spheres in ``dim`` dimensions.
 
     Class 0 (g(x) = -1): the ball ``|x| < 0.5``; class 1 (g(x) = +1): the shell
@@ -305,13 +282,13 @@ def load_concentric_spheres(
     ``noise`` (default 0) adds Gaussian jitter. Default 1000 train / 500 test.
     Uses ``n_train, n_test, seed, dim, noise``.
     """
-    if not _is_int(dim) or dim < 1:
-        raise ValueError(f"data.dim must be a positive integer, got {dim!r}")
-    sigma = _noise(noise, 0.0)
-    n_tr, n_te = _size("n_train", n_train, 1000), _size("n_test", n_test, 500)
-    rng_tr, rng_te = _rngs(seed)
-    x_tr, y_tr = _concentric(n_tr, int(dim), sigma, rng_tr)
-    x_te, y_te = _concentric(n_te, int(dim), sigma, rng_te)
+    if not _is_int(o.dim) or o.dim < 1:
+        raise ValueError(f"data.dim must be a positive integer, got {o.dim!r}")
+    sigma = _noise(o.noise, 0.0)
+    n_tr, n_te = _size("n_train", o.n_train, 1000), _size("n_test", o.n_test, 500)
+    rng_tr, rng_te = _rngs(o.seed)
+    x_tr, y_tr = _radial(CONCENTRIC_REGIONS, n_tr, int(o.dim), sigma, rng_tr)
+    x_te, y_te = _radial(CONCENTRIC_REGIONS, n_te, int(o.dim), sigma, rng_te)
     return Dataset("concentric_spheres", x_tr, y_tr, x_te, y_te, num_classes=2)
 
 
@@ -319,16 +296,7 @@ def load_concentric_spheres(
 
 
 @register_dataset("digits")
-def load_digits(
-    *,
-    root: str | os.PathLike[str] | None = None,
-    n_train: int | None = None,
-    n_test: int | None = None,
-    seed: int = 0,
-    dim: int = 2,
-    noise: float | None = None,
-    as_images: bool = False,
-) -> Dataset:
+def load_digits(o: DataOptions) -> Dataset:
     """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), pixels scaled to ``[0, 1]``.
 
     Inputs are vectors of 64, or ``1x8x8`` images with ``as_images=True``. The split is fixed
@@ -341,9 +309,9 @@ def load_digits(
     bunch = sk_load_digits()
     x, y = np.asarray(bunch.data), np.asarray(bunch.target)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=_DIGITS_TEST, stratify=y, random_state=_DIGITS_SPLIT_SEED)
-    idx_tr = _subsample_index(len(y_tr), n_train, "n_train", "digits", "training")
-    idx_te = _subsample_index(len(y_te), n_test, "n_test", "digits", "test")
-    shape = (1, 8, 8) if as_images else (64,)
+    idx_tr = _subsample_index(len(y_tr), o.n_train, "n_train", "digits", "training")
+    idx_te = _subsample_index(len(y_te), o.n_test, "n_test", "digits", "test")
+    shape = (1, 8, 8) if o.as_images else (64,)
     xt_tr, yt_tr = _to_tensors(x_tr, y_tr, idx_tr, 16.0)
     xt_te, yt_te = _to_tensors(x_te, y_te, idx_te, 16.0)
     return Dataset("digits", xt_tr.reshape(-1, *shape), yt_tr, xt_te.reshape(-1, *shape), yt_te, num_classes=10)
@@ -428,22 +396,13 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 
 
 @register_dataset("mnist")
-def load_mnist(
-    *,
-    root: str | os.PathLike[str] | None = None,
-    n_train: int | None = None,
-    n_test: int | None = None,
-    seed: int = 0,
-    dim: int = 2,
-    noise: float | None = None,
-    as_images: bool = False,
-) -> Dataset:
+def load_mnist(o: DataOptions) -> Dataset:
     """MNIST from the four IDX files (each optionally ``.gz``) under ``root`` or ``root/MNIST/raw``.
 
     Images are ``1x28x28`` float32 in ``[0, 1]`` (always images: ``as_images`` does not apply);
     60000 train / 10000 test. Uses ``root, n_train, n_test``.
     """
-    files = _find_files("mnist", root, os.path.join("MNIST", "raw"), MNIST_FILES, ("", ".gz"))
+    files = _find_files("mnist", o.root, os.path.join("MNIST", "raw"), MNIST_FILES, ("", ".gz"))
     splits = []
     for prefix, option, split in (("train", "n_train", "training"), ("t10k", "n_test", "test")):
         images = read_idx(files[f"{prefix}-images-idx3-ubyte"], ndim=3)
@@ -455,7 +414,7 @@ def load_mnist(
             )
         if len(labels) and labels.max() > 9:
             raise ValueError(f"mnist {split} labels outside 0..9; data.root must hold the original MNIST files")
-        index = _subsample_index(len(labels), n_train if prefix == "train" else n_test, option, "mnist", split)
+        index = _subsample_index(len(labels), o.n_train if prefix == "train" else o.n_test, option, "mnist", split)
         x, y = _to_tensors(images, labels, index, 255.0)
         splits.append((x.unsqueeze(1), y))
     (x_tr, y_tr), (x_te, y_te) = splits
@@ -487,30 +446,21 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @register_dataset("cifar10")
-def load_cifar10(
-    *,
-    root: str | os.PathLike[str] | None = None,
-    n_train: int | None = None,
-    n_test: int | None = None,
-    seed: int = 0,
-    dim: int = 2,
-    noise: float | None = None,
-    as_images: bool = False,
-) -> Dataset:
+def load_cifar10(o: DataOptions) -> Dataset:
     """CIFAR-10 from the python batches under ``root`` or ``root/cifar-10-batches-py``.
 
     ``data_batch_1..5`` (50000 train) and ``test_batch`` (10000 test); images ``3x32x32``
     float32 in ``[0, 1]`` (always images). Uses ``root, n_train, n_test``.
     """
-    files = _find_files("cifar10", root, "cifar-10-batches-py", CIFAR10_FILES)
+    files = _find_files("cifar10", o.root, "cifar-10-batches-py", CIFAR10_FILES)
     train = [_read_cifar_batch(files[name]) for name in CIFAR10_FILES[:-1]]
     x_raw = np.concatenate([d for d, _ in train])
     y_raw = np.concatenate([lab for _, lab in train])
     del train
-    idx_tr = _subsample_index(len(y_raw), n_train, "n_train", "cifar10", "training")
+    idx_tr = _subsample_index(len(y_raw), o.n_train, "n_train", "cifar10", "training")
     x_tr, y_tr = _to_tensors(x_raw, y_raw, idx_tr, 255.0)
     del x_raw
     x_te_raw, y_te_raw = _read_cifar_batch(files["test_batch"])
-    idx_te = _subsample_index(len(y_te_raw), n_test, "n_test", "cifar10", "test")
+    idx_te = _subsample_index(len(y_te_raw), o.n_test, "n_test", "cifar10", "test")
     x_te, y_te = _to_tensors(x_te_raw, y_te_raw, idx_te, 255.0)
     return Dataset("cifar10", x_tr.reshape(-1, 3, 32, 32), y_tr, x_te.reshape(-1, 3, 32, 32), y_te, num_classes=10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import pickle
 import struct
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from odenet.data import DATASETS, Dataset, load_dataset, register_dataset
+from odenet.data import DATASETS, DataOptions, Dataset, load_dataset, register_dataset
 
 SYNTHETIC = ["spirals", "sphere2", "concentric_spheres"]
 
@@ -46,8 +47,8 @@ def test_register_dataset_passes_every_option_and_refuses_duplicates():
     seen = {}
 
     @register_dataset("_test_dummy")
-    def dummy(**kwargs):
-        seen.update(kwargs)
+    def dummy(options: DataOptions) -> Dataset:
+        seen.update(dataclasses.asdict(options))
         x, y = torch.zeros(3, 1), torch.zeros(3, dtype=torch.int64)
         return Dataset("_test_dummy", x, y, x, y, num_classes=1)
 

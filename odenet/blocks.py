@@ -101,13 +101,18 @@ class Block(nn.Module):
         raise NotImplementedError
 
 
+def _wants_stack(solver: str, options: dict[str, Any]) -> bool:
+    """A fixed scheme without torchdiffeq-only options is integrated by a ResidualStack."""
+    return solver in SCHEMES and not (set(options) & _ODE_ONLY_OPTIONS)
+
+
 def make_block(field: nn.Module, solver: str = "euler", T: float = 1.0, **options: Any) -> Block:
     """The block that integrates ``field`` on ``[0, T]`` with ``solver``.
 
     Fixed schemes without ``step_size`` give a ``ResidualStack`` (``steps`` required); everything
     else gives an ``ODEBlock`` (torchdiffeq).
     """
-    if solver in SCHEMES and not (set(options) & _ODE_ONLY_OPTIONS):
+    if _wants_stack(solver, options):
         if "steps" not in options:
             raise ValueError(
                 f"solver {solver!r} is a fixed-step scheme: give steps=N (a ResidualStack) "
@@ -225,7 +230,7 @@ class ResidualStack(Block):
                 f"a plain net (shortcut=False) iterates a map, not an ODE: it has no {solver!r} integration; "
                 "only with_solver('euler', steps=N) applies"
             )
-        if solver in SCHEMES and not (set(options) & _ODE_ONLY_OPTIONS):
+        if _wants_stack(solver, options):
             options.setdefault("steps", self.steps)
             options.setdefault("shortcut", self.shortcut)
         return make_block(self.field, solver, T=self.T, **options)
@@ -427,7 +432,7 @@ class ODEBlock(Block):
         return self._solve(x, grid)
 
     def with_solver(self, solver: str, **options: Any) -> Block:
-        if solver in SCHEMES and not (set(options) & _ODE_ONLY_OPTIONS):
+        if _wants_stack(solver, options):
             return make_block(self.field, solver, T=self.T, **options)
         merged = {k: v for k, v in self.options.items() if k not in ("solver", "step_size")}
         merged.update(options)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adaptation import check_adaptation
 from .blocks import Block, make_block
 from .config import Config, EvalSolverConfig, FieldConfig
 from .fields import ConvField, DepthIndexedField, MLPField
@@ -47,8 +48,11 @@ def check_config(cfg: Config) -> None:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise ValueError(f"{key} must be >= 1")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ValueError(f"threads must be >= 1 or null, got {cfg.threads}")
     if cfg.optimizer.lr <= 0:
         raise ValueError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
+    check_adaptation(cfg)
 
 
 def build_field(cfg: FieldConfig, dim: int, steps: int | None, T: float) -> nn.Module:
@@ -111,8 +115,12 @@ def build_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> 
     return Classifier(stem, block, head)
 
 
-def eval_options(ev: EvalSolverConfig, train_steps: int | None) -> dict[str, Any]:
-    """``with_solver`` options of one evaluation entry (steps from ``step_factor`` x the training step)."""
+def eval_options(ev: EvalSolverConfig, train_steps: int | None, train_step_size: float | None = None) -> dict[str, Any]:
+    """``with_solver`` options of one evaluation entry (steps from ``step_factor`` x the training step).
+
+    A training step that is no ``T / N`` (``train_steps`` None, ``train_step_size`` h, as after step-size
+    adaptation) gives ``step_size = step_factor x h``: a torchdiffeq fixed grid.
+    """
     if is_adaptive(ev.name):
         return dict(
             rtol=ev.rtol if ev.rtol is not None else DEFAULT_EVAL_RTOL,
@@ -121,10 +129,12 @@ def eval_options(ev: EvalSolverConfig, train_steps: int | None) -> dict[str, Any
     if ev.steps is not None:
         return dict(steps=ev.steps)
     if ev.step_factor is not None:
-        if train_steps is None:
+        if train_steps is None and train_step_size is None:
             raise ValueError(f"evaluation {ev.name} with step_factor needs a fixed-step training solver; give steps")
         if ev.step_factor <= 0:
             raise ValueError(f"evaluation step_factor must be positive, got {ev.step_factor}")
+        if train_steps is None:
+            return dict(step_size=train_step_size * ev.step_factor)
         return dict(steps=max(1, round(train_steps / ev.step_factor)))
     raise ValueError(f"evaluation {ev.name}: give steps or step_factor")
 

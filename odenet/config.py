@@ -105,9 +105,37 @@ class EvaluationConfig:
 
 
 @dataclass
+class AdaptationConfig:
+    """Ott et al. (ICLR 2021)'s step-size adaptation during training (``odenet.adaptation``).
+
+    Every ``every`` iterations the training batch's accuracy under the training solver (at step
+    ``h``) is compared with that under ``test_solver``; a gap above ``threshold`` halves ``h``,
+    otherwise ``increase * h`` is tried and kept only if its gap stays within ``threshold``.
+    Accuracies are fractions of the batch (0..1), so ``threshold: 0.1`` is 10 percentage points.
+    The block becomes a torchdiffeq fixed-grid ODE block (``step_size=h``, last step shorter).
+    """
+
+    enabled: bool = False
+    every: int = 50  # k: iterations between checks
+    threshold: float = 0.1  # largest accepted |acc_train - acc_test|, as a fraction (0.1 = 10 points)
+    test_solver: str = "midpoint"
+    # None: test solver at the same h. A number f: Ott et al.'s code rule for euler -> midpoint, a test
+    # step sqrt(h / f) while that is below h (midpoint's error ~h_test^2 = h / f), else the same h.
+    accuracy_factor: float | None = None
+    decrease: float = 0.5  # h <- decrease * h when the gap is too large
+    increase: float = 1.1  # growth tried when it is not
+    initial_step_size: float | None = None  # None: block.T / solver.steps
+    max_step_size: float | None = None  # None: block.T (one step)
+    min_step_size: float | None = None  # None: block.T / 500 (Ott et al.'s max_steps)
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch intra-op CPU threads (None: torch's default). 1 is fastest for small models, and keeps a job from
+    # crawling when the machine's cores are shared (OpenMP threads spin-waiting on each other).
+    threads: int | None = None
     data: DataConfig = default(default_factory=DataConfig)
     field: FieldConfig = default(default_factory=FieldConfig)
     model: ModelConfig = default(default_factory=ModelConfig)
@@ -116,6 +144,7 @@ class Config:
     optimizer: OptimizerConfig = default(default_factory=OptimizerConfig)
     trainer: TrainerConfig = default(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = default(default_factory=EvaluationConfig)
+    adaptation: AdaptationConfig = default(default_factory=AdaptationConfig)
 
 
 def register_configs() -> None:

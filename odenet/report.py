@@ -4,12 +4,20 @@
 every ``metrics.json`` under DIR, flattens them into one long table (one row per trained model x
 evaluation, see :func:`collect`) and writes ``summary.csv``, ``report.md`` and the PNG plots
 registered in :data:`PLOTS` into DIR. Experiment-specific plots are added with :func:`register_plot`.
+
+Extensions: the modules named in :data:`EXTENSIONS` (``odenet.analysis.step_size``) are imported
+before a report is written and may register more: markdown sections (:func:`register_section`,
+``fn(rows, root) -> lines | None``) and plots that read the run dirs themselves, e.g. to reload
+trained models (:func:`register_dir_plot`, ``fn(rows, root) -> Figure | None``). Each returns
+``None`` when the data do not fit it (no 2-D inputs, one step size only, ...); an extension that
+raises is logged and skipped, never stopping the report.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import io
 import json
 import logging
@@ -19,6 +27,7 @@ import statistics
 import sys
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +67,11 @@ BASE_COLUMNS = (
 
 Row = dict[str, Any]
 PlotFn = Callable[[list[Row]], Figure | None]
+#: ``fn(rows, root)``: the rows and the directory they were collected from (run dirs are ``root / row["run_dir"]``).
+DirPlotFn = Callable[[list[Row], Path], Figure | None]
+SectionFn = Callable[[list[Row], Path], list[str] | None]
+#: Modules imported by :func:`load_extensions` before a report is written; they register sections and plots.
+EXTENSIONS: list[str] = ["odenet.analysis.step_size"]
 
 
 class ReportError(RuntimeError):
@@ -396,8 +410,13 @@ def render_markdown(
     incomplete: Sequence[str] = (),
     unreadable: Sequence[str] = (),
     out_dir: Path | None = None,
+    sections: Sequence[Sequence[str]] = (),
 ) -> str:
-    """The markdown report: accuracy tables, failures, skipped run dirs and the files written."""
+    """The markdown report: accuracy tables, failures, skipped run dirs and the files written.
+
+    ``sections`` (markdown lines each, e.g. from :func:`extension_sections`) follow the table of
+    accuracy at the training step size.
+    """
     settings = setting_keys(rows)
     runs = _group(rows, lambda r: r["run_dir"])
     failed_runs = [rs[0] for rs in runs.values() if rs[0]["status"] == "failed" and rs[0]["test_solver"] is None]
@@ -436,6 +455,9 @@ def render_markdown(
                 for m in order
             ),
         )
+
+    for section in sections:
+        lines += [*section, ""] if section and section[-1] != "" else list(section)
 
     lines += ["## All evaluations", ""]
     for m in order:
@@ -510,10 +532,13 @@ def write_report(dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     out = Path(out_dir) if out_dir is not None else root
     out.mkdir(parents=True, exist_ok=True)
     csv_path = write_csv(scan.rows, out / SUMMARY)
+    load_extensions()
+    plots: list[tuple[str, Callable[[], Figure | None]]] = [(n, partial(fn, scan.rows)) for n, fn in PLOTS.items()]
+    plots += [(n, partial(_guarded, f"plot {n}", fn, scan.rows, root)) for n, fn in DIR_PLOTS.items()]
     pngs = []
-    for name, plot in PLOTS.items():
+    for name, make in plots:
         path = out / name
-        fig = plot(scan.rows)
+        fig = make()
         if fig is None:
             if path.exists():
                 path.unlink()
@@ -521,8 +546,66 @@ def write_report(dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
             continue
         pngs.append(save_figure(fig, path))
     md_path = out / REPORT
-    md_path.write_text(render_markdown(scan.rows, root, [csv_path, *pngs], scan.incomplete, scan.unreadable, out))
+    sections = extension_sections(scan.rows, root)
+    md_path.write_text(
+        render_markdown(scan.rows, root, [csv_path, *pngs], scan.incomplete, scan.unreadable, out, sections)
+    )
     return [csv_path, md_path, *pngs]
+
+
+# ----------------------------------------------------------------------------------------------
+# Extensions: markdown sections and plots from other modules
+
+SECTIONS: dict[str, SectionFn] = {}
+DIR_PLOTS: dict[str, DirPlotFn] = {}
+
+
+def register_section(name: str) -> Callable[[SectionFn], SectionFn]:
+    """Decorator adding a markdown section to every report: ``fn(rows, root) -> lines | None`` (None: skip)."""
+
+    def deco(fn: SectionFn) -> SectionFn:
+        SECTIONS[name] = fn
+        return fn
+
+    return deco
+
+
+def register_dir_plot(filename: str) -> Callable[[DirPlotFn], DirPlotFn]:
+    """Decorator adding a plot that reads the run dirs: ``fn(rows, root) -> Figure | None`` (None: skip)."""
+
+    def deco(fn: DirPlotFn) -> DirPlotFn:
+        DIR_PLOTS[filename] = fn
+        return fn
+
+    return deco
+
+
+def load_extensions() -> None:
+    """Import the modules in :data:`EXTENSIONS` (once); one that fails to import is logged and skipped."""
+    for module in EXTENSIONS:
+        try:
+            importlib.import_module(module)
+        except Exception:
+            log.exception("report: extension %s could not be imported; its sections and plots are skipped", module)
+
+
+def _guarded(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception:
+        log.exception("report: %s failed; skipped", what)
+        return None
+
+
+def extension_sections(rows: list[Row], root: Path) -> list[list[str]]:
+    """The markdown lines of every registered section that applies to ``rows`` (in registration order)."""
+    load_extensions()
+    out = []
+    for name, fn in SECTIONS.items():
+        lines = _guarded(f"section {name!r}", fn, rows, root)
+        if lines:
+            out.append(list(lines))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -817,4 +900,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported odenet.report, not this __main__ copy: extensions register with odenet.report.
+    from odenet.report import main as _main
+
+    sys.exit(_main())

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from .blocks import ResidualStack, SolverError
+from .adaptation import StepSizeAdaptation
+from .blocks import ODEBlock, ResidualStack, SolverError
 from .build import build_model, build_optimizer, check_config, eval_options
 from .config import Config
 from .data import Dataset, load_dataset
@@ -155,12 +156,20 @@ def evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: in
 
 
 def _train_description(cfg: Config, model: Classifier) -> dict[str, Any]:
+    """Training solver, steps and step size as the block now integrates (a fixed-grid ODE block: its step_size,
+    and steps when ``T / step_size`` is an integer)."""
     block = model.block
-    steps = block.steps if isinstance(block, ResidualStack) else None
+    steps, step_size = None, None
+    if isinstance(block, ResidualStack):
+        steps, step_size = block.steps, cfg.block.T / block.steps
+    elif isinstance(block, ODEBlock) and block.step_size is not None:
+        step_size = float(block.step_size)
+        n = cfg.block.T / step_size
+        steps = round(n) if abs(n - round(n)) <= 1e-9 * n else None
     return {
         "solver": cfg.solver.name,
         "steps": steps,
-        "step_size": cfg.block.T / steps if steps else None,
+        "step_size": step_size,
         "block": cfg.block.kind,
         "rtol": cfg.solver.rtol if is_adaptive(cfg.solver.name) else None,
     }
@@ -174,17 +183,24 @@ def run_evaluations(cfg: Config, model: Classifier, data: Dataset, device: torch
     """
     train = _train_description(cfg, model)
     x, y, bs = data.x_test.to(device), data.y_test.to(device), cfg.trainer.eval_batch_size
-    train_key = (train["solver"], train["steps"])
+    train_key = (train["solver"], train["steps"]) if train["steps"] else (train["solver"], None, train["step_size"])
     entries: list[tuple[str, dict[str, Any], bool]] = [(cfg.solver.name, {}, True)]
     seen = {train_key}
+    # Evaluations that would repeat the training integration exactly are skipped.
+    same_integrator = cfg.block.kind in ("residual", "plain") or cfg.adaptation.enabled
     for ev in cfg.evaluation.solvers:
         try:
-            options = eval_options(ev, train["steps"])
+            options = eval_options(ev, train["steps"], train["step_size"])
         except ValueError as err:
             entries.append((ev.name, {"error": str(err)}, False))
             continue
-        key = (ev.name, options.get("steps")) if "steps" in options else (ev.name, options["rtol"], options["atol"])
-        if key in seen and not is_adaptive(ev.name) and cfg.block.kind in ("residual", "plain"):
+        if "steps" in options:
+            key: tuple[Any, ...] = (ev.name, options["steps"])
+        elif "step_size" in options:
+            key = (ev.name, None, options["step_size"])
+        else:
+            key = (ev.name, options["rtol"], options["atol"])
+        if key in seen and not is_adaptive(ev.name) and same_integrator:
             continue  # the training solver itself, already evaluated
         seen.add(key)
         entries.append((ev.name, options, False))
@@ -192,10 +208,14 @@ def run_evaluations(cfg: Config, model: Classifier, data: Dataset, device: torch
     results = []
     for name, options, is_train in entries:
         steps = train["steps"] if is_train else options.get("steps")
+        if is_train:
+            step_size = train["step_size"]
+        else:
+            step_size = options.get("step_size", cfg.block.T / steps if steps else None)
         entry: dict[str, Any] = {
             "test_solver": name,
             "test_steps": steps,
-            "test_step_size": cfg.block.T / steps if steps else None,
+            "test_step_size": step_size,
             "rtol": train["rtol"] if is_train else options.get("rtol"),
             "atol": (cfg.solver.atol if train["rtol"] is not None else None) if is_train else options.get("atol"),
             "accuracy": None, "loss": None, "nfe": None,
@@ -224,6 +244,8 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True)))
     device = resolve_device(cfg.device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
 
     d = cfg.data
@@ -232,6 +254,9 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
         as_images=d.as_images,
     )
     model = build_model(cfg, data.input_shape, data.num_classes).to(device)
+    adapter = StepSizeAdaptation.from_config(cfg) if cfg.adaptation.enabled else None
+    if adapter is not None:
+        adapter.attach(model)  # a fixed-grid ODE block on the same field, at the initial step size
     total = total_iterations(cfg, len(data.x_train))
     optimizer, scheduler = build_optimizer(cfg, model, total)
     sampler = BatchSampler(len(data.x_train), cfg.trainer.batch_size, cfg.seed)
@@ -258,6 +283,9 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         start, history, window = int(state["iteration"]), list(state["history"]), dict(state["window"])
+        if adapter is not None and "adaptation" in state:
+            adapter.load_state_dict(state["adaptation"])
+            adapter.attach(model)
         log.info("resuming from %s at iteration %d of %d", checkpoint_path, start, total)
 
     def save_checkpoint(iteration: int) -> None:
@@ -266,7 +294,13 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
             "history": history, "window": window,
+            **({"adaptation": adapter.state_dict()} if adapter is not None else {}),
         })
+
+    def write_history() -> None:
+        write_csv(out_dir / "history.csv", history)
+        if adapter is not None and adapter.decisions:
+            write_csv(out_dir / "adaptation.csv", adapter.decisions)
 
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     t0 = time.perf_counter()
@@ -279,8 +313,9 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
     try:
         for it in bar:
             idx = sampler.next().to(device)
-            logits = model(x_train[idx])
-            loss = F.cross_entropy(logits, y_train[idx])
+            xb, yb = x_train[idx], y_train[idx]
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"the training loss became {float(loss.detach())} at iteration {it + 1}: lower optimizer.lr "
@@ -289,11 +324,13 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
             nfe_forward = model.block.nfe
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if adapter is not None:  # before the update: the check sees the weights that gave these logits
+                adapter.on_iteration(it + 1, model, xb, yb, logits, nfe_forward)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             window["loss"] += float(loss.detach()) * len(idx)
-            window["correct"] += int((logits.argmax(-1) == y_train[idx]).sum())
+            window["correct"] += int((logits.argmax(-1) == yb).sum())
             window["seen"] += len(idx)
             window["count"] += 1
             done = it + 1
@@ -307,11 +344,12 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
                     "nfe_backward": model.block.nfe_backward,
                     "lr": optimizer.param_groups[0]["lr"],
                     "seconds": round(time.perf_counter() - t0, 3),
+                    **(adapter.history_columns() if adapter is not None else {}),
                     **_learned_step_sizes(model),
                 }
                 history.append(row)
                 window = {"loss": 0.0, "correct": 0, "seen": 0, "count": 0}
-                write_csv(out_dir / "history.csv", history)
+                write_history()
                 bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}", nfe=nfe_forward)
             if done % cfg.trainer.checkpoint_every == 0 or done == total:
                 save_checkpoint(done)
@@ -325,6 +363,8 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
     save_torch(out_dir / "model.pt", model.state_dict())
     train_eval = evaluate(model, x_train, y_train, cfg.trainer.eval_batch_size)
     metrics["train"].update(
+        **_train_description(cfg, model),  # the final step size, after adaptation
+        **({"adaptation": adapter.summary()} if adapter is not None else {}),
         final_loss=history[-1]["loss"] if history else None,
         final_accuracy=history[-1]["accuracy"] if history else None,
         train_loss=train_eval["loss"], train_accuracy=train_eval["accuracy"],
@@ -348,4 +388,9 @@ def load_model(run_dir: Path, cfg: Config | None = None, device: str = "cpu") ->
                         as_images=d.as_images)
     model = build_model(cfg, data.input_shape, data.num_classes)
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location=device, weights_only=True))
+    metrics_path = run_dir / "metrics.json"
+    if cfg.adaptation.enabled and metrics_path.is_file():  # trained with an adapted step: use the final one
+        step_size = json.loads(metrics_path.read_text()).get("train", {}).get("step_size")
+        if step_size:
+            model.block = model.block.with_solver(cfg.solver.name, step_size=float(step_size))
     return model.to(device)

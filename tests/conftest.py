@@ -98,3 +98,29 @@ def A64() -> Tensor:
 def x64() -> Tensor:
     g = torch.Generator().manual_seed(99)
     return torch.randn(5, 4, generator=g, dtype=torch.float64)
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory):
+    """``smoke_sweep(name) -> (process, sweep_dir)``: ``+experiment=name +debug=smoke seed=0`` run once per session.
+
+    Two jobs at a time through the joblib launcher; every test that inspects an experiment's smoke
+    outputs shares the one run.
+    """
+    import subprocess
+
+    runs: dict[str, tuple[subprocess.CompletedProcess, object]] = {}
+
+    def run(name: str):
+        if name not in runs:
+            sweep = tmp_path_factory.mktemp(name) / "sweep"
+            proc = subprocess.run(
+                [sys.executable, "-m", "odenet.run", f"+experiment={name}", "+debug=smoke", "trainer.progress=false",
+                 "seed=0", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"],
+                cwd=sweep.parent, capture_output=True, text=True, timeout=300,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+            runs[name] = (proc, sweep)
+        return runs[name]
+
+    return run

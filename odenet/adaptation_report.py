@@ -1,0 +1,341 @@
+"""Tables and a figure for a step-size adaptation sweep, optionally against a grid search over fixed steps.
+
+``python -m odenet.adaptation_report DIR [--grid GRID] [--out OUT]`` reads every run under DIR trained with
+``adaptation.enabled=true`` (its ``metrics.json``, ``history.csv`` and ``adaptation.csv``) and, with
+``--grid``, the ``summary.csv`` of a fixed-step sweep (``step_size_ablation``; a file or the folder holding
+it). It writes ``adaptation.md`` (per-seed table, comparison table) and ``step_adaptation.png`` (h and NFE
+over training; test accuracy vs NFE for both) into OUT (default: DIR).
+
+NFE are field evaluations per forward pass: for the adapted runs the mean over all training iterations
+(what training cost) and the final one (what the trained model costs); the checks' own evaluations are
+reported apart, as a fraction of the training forward NFE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from .report import MAX_PNG_BYTES, Stats, fmt_h, save_figure, stats
+
+__all__ = ["load_adapted_runs", "load_grid", "adaptation_tables", "plot_adaptation", "main"]
+
+
+def _num(value: Any) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_adapted_runs(root: str | Path) -> list[dict[str, Any]]:
+    """One dict per finished adapted run under ``root``: seed, summary, evaluations, history, decisions."""
+    runs = []
+    for path in sorted(Path(root).rglob("metrics.json")):
+        metrics = json.loads(path.read_text())
+        adaptation = (metrics.get("train") or {}).get("adaptation")
+        if metrics.get("status") != "ok" or not adaptation:
+            continue
+        history = _read_csv(path.parent / "history.csv")
+        runs.append({
+            "run_dir": path.parent,
+            "seed": metrics.get("seed"),
+            "adaptation": adaptation,
+            "evaluations": {
+                (ev["test_solver"], bool(ev.get("is_train_solver"))): ev
+                for ev in metrics.get("evaluations") or [] if ev.get("status") == "ok"
+            },
+            "history": history,
+            "decisions": _read_csv(path.parent / "adaptation.csv"),
+            "seconds": _num(history[-1].get("seconds")) if history else None,
+        })
+    runs.sort(key=lambda r: (r["seed"] is None, r["seed"]))
+    return runs
+
+
+Grid = dict[Any, dict[str, dict[Any, float]]]
+
+
+def load_grid(path: str | Path) -> Grid:
+    """From a fixed-step sweep's ``summary.csv``: ``{N: {"train": {seed: acc}, "midpoint": {...}, "nfe": {...}}}``
+    for euler-trained models at N steps, and ``{"dopri5": {...}}`` for models trained through an adaptive solver.
+
+    ``train`` is the test accuracy under the training solver, ``nfe`` its NFE per forward, the other keys the
+    accuracy under that test solver at the training step size.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "summary.csv"
+    grid: Grid = {}
+    for r in _read_csv(p):
+        n, acc = _num(r.get("train_steps")), _num(r.get("accuracy"))
+        if acc is None or r.get("status") != "ok":
+            continue
+        if r.get("train_solver") == "euler" and n is not None:
+            key: Any = int(n)
+        elif r.get("train_solver") and n is None and not _num(r.get("train_step_size")):
+            key = str(r["train_solver"])  # trained through an adaptive solver
+        else:
+            continue
+        cell, seed = grid.setdefault(key, {}), r.get("seed")
+        if r.get("is_train_solver") == "True":
+            cell.setdefault("train", {})[seed] = acc
+            cell.setdefault("nfe", {})[seed] = _num(r.get("nfe")) or math.nan
+        elif isinstance(key, int) and _num(r.get("test_steps")) == n:
+            cell.setdefault(str(r["test_solver"]), {})[seed] = acc
+    return dict(sorted(grid.items(), key=lambda kv: (isinstance(kv[0], str), kv[0])))
+
+
+def _pct(s: Stats | None) -> str:
+    if s is None:
+        return "–"
+    return f"{100 * s.mean:.1f}" if s.std is None else f"{100 * s.mean:.1f} ± {100 * s.std:.1f}"
+
+
+def _f(s: Stats | None, digits: int = 1) -> str:
+    if s is None:
+        return "–"
+    return f"{s.mean:.{digits}f}" if s.std is None else f"{s.mean:.{digits}f} ± {s.std:.{digits}f}"
+
+
+def _acc(run: dict[str, Any], solver: str, train: bool = False) -> float | None:
+    ev = run["evaluations"].get((solver, train))
+    return None if ev is None else ev.get("accuracy")
+
+
+def _train_nfe(run: dict[str, Any]) -> float | None:
+    """NFE per forward of the trained model under its training solver (at the final h)."""
+    return (run["evaluations"].get((run["adaptation"]["solver"], True)) or {}).get("nfe")
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+TEST_SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
+
+
+def adaptation_tables(runs: Sequence[dict[str, Any]], grid: Grid | None = None) -> str:
+    """Markdown: one row per adapted run (and their mean), then the comparison with the grid search."""
+    lines = [
+        "Accuracy: test set, in %, under each solver at the final h (dopri5: rtol 1e-6). NFE: field evaluations "
+        "per forward pass. h: the training step at the start and at the end (N = ceil(T / h) grid steps). "
+        "halve / grow / reject: checks that halved h, grew it, or tried to grow it and kept it. Check NFE: the "
+        "checks' own forward evaluations, as % of all training forward evaluations.",
+        "",
+        _row(["seed", "h start -> end (N end)", "smallest h", "mean train NFE", "final NFE", "halve / grow / reject",
+              "check NFE", *(f"{s} acc" + (" (train)" if s == "euler" else "") for s in TEST_SOLVERS),
+              "train time (s)"]),
+        "|" + "---|" * 12,
+    ]
+    for run in runs:
+        a = run["adaptation"]
+        final_nfe = _train_nfe(run)
+        lines.append(_row([
+            str(run["seed"]),
+            f"{fmt_h(a['initial_step_size'])} -> {a['final_step_size']:.4g} ({a['final_steps']})",
+            f"{a['min_step_size_used']:.4g}",
+            f"{a['nfe_forward_mean']:.1f}",
+            f"{final_nfe:g}" if final_nfe is not None else "–",
+            f"{a['halve_count']} / {a['grow_count']} / {a['reject_growth_count']}",
+            f"{100 * a['check_nfe'] / max(1, a['nfe_forward_total']):.1f}%",
+            *(_pct(stats([_acc(run, s, s == a["solver"])])) for s in TEST_SOLVERS),
+            f"{run['seconds']:.1f}" if run["seconds"] is not None else "–",
+        ]))
+    if len(runs) > 1:
+        solver = runs[0]["adaptation"]["solver"]
+        lines.append(_row([
+            "mean ± std",
+            "end " + _f(stats(r["adaptation"]["final_step_size"] for r in runs), 4),
+            _f(stats(r["adaptation"]["min_step_size_used"] for r in runs), 4),
+            _f(stats(r["adaptation"]["nfe_forward_mean"] for r in runs)),
+            _f(stats(_train_nfe(r) for r in runs)),
+            "",
+            "",
+            *(_pct(stats(_acc(r, s, s == solver) for r in runs)) for s in TEST_SOLVERS),
+            _f(stats(r["seconds"] for r in runs)),
+        ]))
+    lines.append("")
+    if grid:
+        lines += [
+            "### Against the grid search (euler trained at fixed N)",
+            "",
+            _row(["training", "NFE per forward in training", "NFE of the trained model", "accuracy, training solver",
+                  "accuracy, midpoint at the training h", "seeds"]),
+            "|" + "---|" * 6,
+        ]
+        for n, cell in grid.items():
+            nfe = _f(stats(cell.get("nfe", {}).values()), 0)
+            if isinstance(n, int):
+                label, train_nfe = f"euler N={n} (h={fmt_h(1 / n)})", nfe
+            else:
+                label, train_nfe = f"{n} (adaptive; NFE at its training tolerance)", "–"
+            lines.append(_row([label, train_nfe, nfe, _pct(stats(cell.get("train", {}).values())),
+                               _pct(stats(cell.get("midpoint", {}).values())), str(len(cell.get("train", {})))]))
+        if runs:
+            solver = runs[0]["adaptation"]["solver"]
+            lines.append(_row([
+                f"**{solver}, adapted h**",
+                _f(stats(r["adaptation"]["nfe_forward_mean"] for r in runs)),
+                _f(stats(_train_nfe(r) for r in runs)),
+                _pct(stats(_acc(r, solver, True) for r in runs)),
+                _pct(stats(_acc(r, "midpoint") for r in runs)),
+                str(len(runs)),
+            ]))
+        lines += ["", *_per_seed_table(runs, grid)]
+    return "\n".join(lines)
+
+
+def _per_seed_table(runs: Sequence[dict[str, Any]], grid: Grid) -> list[str]:
+    """Accuracy per seed (the same seed: the same initial weights and batches): training solver / midpoint."""
+    keys = list(grid)
+    header = ["seed", *(f"euler N={k}" if isinstance(k, int) else str(k) for k in keys), "adapted (mean train NFE)"]
+    lines = [
+        "### Per seed",
+        "",
+        "Test accuracy in %, `training solver / midpoint at the training h` (trained through an adaptive solver: "
+        "its own accuracy). A seed is the same initial weights and batch order in both sweeps.",
+        "",
+        _row(header),
+        "|" + "---|" * len(header),
+    ]
+    seeds = sorted({str(r["seed"]) for r in runs} | {s for c in grid.values() for s in c.get("train", {})},
+                   key=lambda v: (len(v), v))
+    by_seed = {str(r["seed"]): r for r in runs}
+    for seed in seeds:
+        cells = [seed]
+        for k in keys:
+            train, mid = grid[k].get("train", {}).get(seed), grid[k].get("midpoint", {}).get(seed)
+            text = "–" if train is None else f"{100 * train:.1f}"
+            cells.append(text if mid is None or train is None else f"{text} / {100 * mid:.1f}")
+        run = by_seed.get(seed)
+        if run is None:
+            cells.append("–")
+        else:
+            a = run["adaptation"]
+            train, mid = _acc(run, a["solver"], True), _acc(run, "midpoint")
+            cells.append(f"{100 * train:.1f} / {100 * mid:.1f} ({a['nfe_forward_mean']:.1f})"
+                         if train is not None and mid is not None else "–")
+        lines.append(_row(cells))
+    return lines + [""]
+
+
+def plot_adaptation(runs: Sequence[dict[str, Any]], grid: Grid | None = None) -> Figure:
+    """h and NFE over training per seed; test accuracy vs NFE for the adapted runs and the grid search."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    fig = Figure(figsize=(15.5, 4.6), layout="constrained")
+    ax_h, ax_nfe, ax_acc = fig.subplots(1, 3)
+    for i, run in enumerate(runs):
+        color = cmap(i % 10)
+        label = f"adapted, seed {run['seed']}"
+        d = run["decisions"]
+        if d:
+            its = [0] + [int(_num(r["iteration"]) or 0) for r in d]
+            hs = [_num(d[0]["step_size"])] + [_num(r["new_step_size"]) for r in d]
+            ax_h.step(its, hs, where="post", color=color, label=label)
+            halves = [(int(_num(r["iteration"]) or 0), _num(r["new_step_size"])) for r in d if r["action"] == "halve"]
+            if halves:
+                ax_h.plot(*zip(*halves), "v", color=color, markersize=5)
+        hist = run["history"]
+        if hist and "nfe_forward_mean" in hist[0]:
+            ax_nfe.plot([_num(r["iteration"]) for r in hist], [_num(r["nfe_forward_mean"]) for r in hist],
+                        color=color, label=label)
+        a = run["adaptation"]
+        acc = _acc(run, a["solver"], True)
+        if acc is not None:
+            ax_acc.plot([a["nfe_forward_mean"]], [100 * acc], marker="*", markersize=14, color=color,
+                        markeredgecolor="black", linestyle="none", label=f"{label} (mean train NFE)", zorder=4)
+        mid = _acc(run, "midpoint")
+        if mid is not None:
+            ax_acc.plot([a["nfe_forward_mean"]], [100 * mid], marker="o", markersize=6, color=color,
+                        markerfacecolor="none", linestyle="none", zorder=4)
+    if grid:
+        for name in (k for k in grid if isinstance(k, str)):
+            acc_s, nfe_s = stats(grid[name].get("train", {}).values()), stats(grid[name].get("nfe", {}).values())
+            if acc_s is not None and nfe_s is not None:
+                ax_acc.plot([nfe_s.mean], [100 * acc_s.mean], "D", color="grey",
+                            label=f"trained through {name}, mean of seeds")
+        ns = [k for k in grid if isinstance(k, int)]
+        for key, style, label in (("train", "-o", "grid search: euler (train solver), mean of seeds"),
+                                  ("midpoint", "--s", "grid search: midpoint at the training h, mean")):
+            pts = [(n, stats(grid[n].get(key, {}).values())) for n in ns]
+            pts = [(n, s) for n, s in pts if s is not None]
+            if pts:
+                ax_acc.plot([n for n, _ in pts], [100 * s.mean for _, s in pts], style, color="grey",
+                            markerfacecolor="none" if key == "midpoint" else "grey", label=label)
+        for n in ns:
+            ax_h.axhline(1 / n, color="grey", linewidth=0.5, alpha=0.5)
+    ax_acc.plot([], [], "o", color="black", markerfacecolor="none", label="adapted: midpoint at the final h")
+    ax_h.set(xlabel="training iteration", ylabel="step size h (log₂ scale)" + ("; grey: grid 1/N" if grid else ""),
+             title="Training step size (▼: halved)")
+    ax_nfe.set(xlabel="training iteration", ylabel="NFE per forward (mean over each log window)",
+               title="Training cost")
+    ax_acc.set(xlabel="NFE per forward (log₂ scale)", ylabel="test accuracy (%)",
+               title="Test accuracy vs NFE")
+    _log2_axis(ax_h, "y", lambda v: f"{v:g}" if v >= 1 else f"1/{round(1 / v)}")
+    _log2_axis(ax_acc, "x", lambda v: f"{v:g}")
+    for ax in (ax_h, ax_nfe, ax_acc):
+        ax.grid(True, alpha=0.3)
+    if ax_h.get_legend_handles_labels()[0]:
+        ax_h.legend(fontsize=8)
+    ax_acc.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Step-size adaptation during training (Ott et al. 2021)", fontsize=11)
+    return fig
+
+
+def _log2_axis(ax: Any, which: str, label: Any) -> None:
+    """Log2 scale on ``ax``'s ``which`` ("x" or "y") axis, a labelled tick at each power of 2 in the data range."""
+    from matplotlib.ticker import NullLocator
+
+    getattr(ax, f"set_{which}scale")("log", base=2)
+    lo, hi = sorted(getattr(ax, f"get_{which}lim")())
+    ticks = [2.0**k for k in range(math.floor(math.log2(lo)), math.ceil(math.log2(hi)) + 1) if lo <= 2.0**k <= hi]
+    if ticks:
+        getattr(ax, f"set_{which}ticks")(ticks, [label(t) for t in ticks])
+    getattr(ax, f"{which}axis").set_minor_locator(NullLocator())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m odenet.adaptation_report", description=__doc__.splitlines()[0])
+    parser.add_argument("dir", metavar="DIR", help="a sweep (multirun) directory of adapted runs")
+    parser.add_argument("--grid", metavar="GRID", default=None, help="summary.csv (or its dir) of a fixed-step sweep")
+    parser.add_argument("--out", metavar="OUT", default=None, help="where to write (default: DIR)")
+    args = parser.parse_args(argv)
+    runs = load_adapted_runs(args.dir)
+    if not runs:
+        print(f"error: no finished run with adaptation under {args.dir}", file=sys.stderr)
+        return 2
+    grid = load_grid(args.grid) if args.grid else None
+    if args.grid and not grid:
+        print(f"warning: no euler-trained fixed-step rows in {args.grid}", file=sys.stderr)
+    out = Path(args.out or args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "adaptation.md").write_text(adaptation_tables(runs, grid))
+    print(out / "adaptation.md")
+    path = save_figure(plot_adaptation(runs, grid), out / "step_adaptation.png")
+    assert path.stat().st_size <= MAX_PNG_BYTES
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The convergence test (Queiruga et al. 2020): how a trained model's accuracy moves as the test solver is refined.
+
+Works on the rows of :func:`odenet.report.collect` (one per trained model x evaluation). For each trained
+model it compares every fixed-step evaluation (euler / rk4 at N = 1..64) and the adaptive reference
+(dopri5) with the model's own training solver, *paired by seed*: the change in accuracy of one trained
+network is free of the seed-to-seed spread that dominates absolute accuracies on a small test set.
+
+``python -m odenet.refinement DIR [--out OUT]`` writes ``refinement.md`` (tables) and ``refinement.png``
+(absolute accuracy and paired change vs test steps, dopri5 as dashed lines) for the runs under DIR.
+To add the figure to every report instead: ``odenet.report.register_plot("refinement.png")(plot_refinement)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
+
+from .report import (
+    Row,
+    Stats,
+    _group,
+    _ok,
+    _sort_key,
+    collect,
+    model_key,
+    model_label,
+    save_figure,
+    setting_keys,
+    stats,
+)
+
+__all__ = ["paired_changes", "refinement_tables", "plot_refinement", "main"]
+
+
+def _is_reference(row: Row) -> bool:
+    return row["test_steps"] is None and row["test_step_size"] is None  # adaptive (dopri5)
+
+
+Cells = dict[tuple[str, "int | None"], list[tuple[float, float]]]
+
+
+def paired_changes(rows: Sequence[Row]) -> dict[tuple[Any, ...], Cells]:
+    """``{model: {(test solver, N or None): [(accuracy, accuracy - own accuracy), ...one per seed]}}``.
+
+    "own accuracy" is the run's accuracy under its training solver; ``N`` is None for adaptive solvers.
+    Runs without an ok training-solver evaluation are left out.
+    """
+    settings = setting_keys(rows)
+    out: dict[tuple[Any, ...], Cells] = {}
+    for run_rows in _group((r for r in rows if _ok(r)), lambda r: r["run_dir"]).values():
+        own = [r for r in run_rows if r["is_train_solver"]]
+        if not own:
+            continue
+        base = float(own[0]["accuracy"])
+        cells = out.setdefault(model_key(own[0], settings), {})
+        for r in run_rows:
+            if r["test_steps"] is None and not _is_reference(r):
+                continue  # a fixed grid given by step size only: not part of this test
+            key = (str(r["test_solver"]), None if _is_reference(r) else int(r["test_steps"]))
+            cells.setdefault(key, []).append((float(r["accuracy"]), float(r["accuracy"]) - base))
+    return out
+
+
+def _pct(s: Stats | None, signed: bool = False) -> str:
+    if s is None:
+        return "–"
+    value = round(100 * s.mean, 1) + 0.0  # + 0.0: no "-0.0"
+    mean = f"{value:+.1f}" if signed else f"{value:.1f}"
+    return mean if s.std is None else f"{mean} ± {100 * s.std:.1f}"
+
+
+def refinement_tables(rows: Sequence[Row]) -> str:
+    """Markdown: per trained model, accuracy (%) and paired change (points) for every test solver and N."""
+    settings = setting_keys(rows)
+    data = paired_changes(rows)
+    lines = [
+        "Accuracy in %, mean ± sample std over seeds; change = accuracy − the same network's accuracy under its "
+        "training solver (percentage points, paired by seed).",
+        "",
+    ]
+    for m in sorted(data, key=_sort_key):
+        cells = data[m]
+        n_seeds = max(len(v) for v in cells.values())
+        lines += [f"### Trained with {model_label(m, settings)} ({n_seeds} seeds)", ""]
+        solvers = sorted({k[0] for k in cells if k[1] is not None})
+        steps = sorted({k[1] for k in cells if k[1] is not None})
+        header = ["test solver", "", *(f"N={n}" for n in steps)]
+        lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        for s in solvers:
+            for what, idx, signed in (("accuracy", 0, False), ("change", 1, True)):
+                vals = [_pct(stats(v[idx] for v in cells.get((s, n), [])), signed) for n in steps]
+                lines.append(f"| {s} | {what} | " + " | ".join(vals) + " |")
+        for k in sorted(k for k in cells if k[1] is None):
+            acc = _pct(stats(v[0] for v in cells[k]))
+            change = _pct(stats(v[1] for v in cells[k]), signed=True)
+            lines += ["", f"{k[0]} (adaptive reference): accuracy {acc}, change {change}."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_refinement(rows: list[Row]) -> Figure | None:
+    """Accuracy (top) and paired change in accuracy (bottom) vs test steps, one column per fixed-step test solver."""
+    settings = setting_keys(rows)
+    data = paired_changes(rows)
+    solvers = sorted({k[0] for cells in data.values() for k in cells if k[1] is not None})
+    if not solvers or not any(len({k[1] for k in cells if k[1] is not None}) > 1 for cells in data.values()):
+        return None
+    models = sorted(data, key=_sort_key)
+    cmap = colormaps["tab10"]
+    color = {m: cmap(i % 10) for i, m in enumerate(models)}
+    fig = Figure(figsize=(5.2 * len(solvers) + 2.6, 7.4), layout="constrained")
+    axes = fig.subplots(2, len(solvers), squeeze=False, sharex=True, sharey="row")
+    all_steps: set[int] = set()
+    for col, solver in enumerate(solvers):
+        for row_i, (idx, ylabel) in enumerate(
+            ((0, "test accuracy (%)"), (1, "change vs own training solver\n(percentage points, paired by seed)"))
+        ):
+            ax = axes[row_i][col]
+            for m in models:
+                cells = data[m]
+                steps = sorted(n for s, n in cells if s == solver and n is not None)
+                if not steps:
+                    continue
+                all_steps.update(steps)
+                per_n = {n: [v[idx] * 100 for v in cells[(solver, n)]] for n in steps}
+                means = [sum(v) / len(v) for v in per_n.values()]
+                ax.plot(steps, means, marker="o", color=color[m], linewidth=2, label=model_label(m, settings))
+                n_seeds = max(len(v) for v in per_n.values())
+                for j in range(n_seeds):  # each seed as a thin line
+                    pts = [(n, per_n[n][j]) for n in steps if j < len(per_n[n])]
+                    ax.plot(*zip(*pts), color=color[m], linewidth=0.7, alpha=0.35)
+                for (s, n), vals in cells.items():
+                    if n is None:
+                        ref = sum(v[idx] for v in vals) / len(vals) * 100
+                        ax.axhline(ref, color=color[m], linestyle="--", linewidth=1.3,
+                                   label=f"{model_label(m, settings)}: {s} (reference)")
+                own = [r for r in rows if _ok(r) and r["is_train_solver"] and model_key(r, settings) == m
+                       and r["test_solver"] == solver and r["test_steps"] is not None]
+                if own and idx == 0:
+                    n0 = own[0]["test_steps"]
+                    ax.plot([n0], [sum(per_n[n0]) / len(per_n[n0])], marker="*", markersize=15, color=color[m],
+                            markeredgecolor="black", linestyle="none", zorder=5)
+            if idx == 1:
+                ax.axhline(0.0, color="black", linewidth=0.8)
+                ax.set_xlabel("test steps N on [0, T] (log₂ scale)")
+            if row_i == 0:
+                ax.set_title(f"tested with {solver}", fontsize=11)
+            if col == 0:
+                ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.3)
+    for ax in axes.flat:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(all_steps), [str(n) for n in sorted(all_steps)])
+        ax.xaxis.set_minor_locator(NullLocator())
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    handles["training solver and steps"] = axes[0][0].plot(
+        [], [], marker="*", markersize=12, color="grey", markeredgecolor="black", linestyle="none")[0]
+    handles["single seeds"] = axes[0][0].plot([], [], color="grey", linewidth=0.7, alpha=0.5)[0]
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", title="trained model",
+               fontsize=8, title_fontsize=9)
+    fig.suptitle("Convergence test: accuracy as the test solver is refined\n"
+                 "(thick: mean over seeds; dashed: adaptive reference solver)", fontsize=11)
+    return fig
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m odenet.refinement", description=__doc__.splitlines()[0])
+    parser.add_argument("dir", metavar="DIR", help="a sweep (multirun) directory")
+    parser.add_argument("--out", metavar="OUT", default=None, help="where to write (default: DIR)")
+    args = parser.parse_args(argv)
+    rows = collect(args.dir)
+    if not rows:
+        print(f"error: no metrics.json under {args.dir}", file=sys.stderr)
+        return 2
+    out = Path(args.out or args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "refinement.md").write_text(refinement_tables(rows))
+    print(out / "refinement.md")
+    fig = plot_refinement(rows)
+    if fig is not None:
+        print(save_figure(fig, out / "refinement.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

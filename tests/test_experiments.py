@@ -1,0 +1,99 @@
+"""The step_adaptation and convergence_test experiments: smoke sweeps end to end, and their report modules."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from odenet import adaptation_report, refinement
+from odenet.config import load_config
+from odenet.report import BASE_COLUMNS, MAX_PNG_BYTES
+
+SMOKE = ["+debug=smoke", "trainer.progress=false"]
+
+
+def read_summary(sweep: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with (sweep / "summary.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_step_adaptation_uses_the_grid_search_settings():
+    """A fair comparison: everything but the step-size schedule and the evaluations is step_size_ablation's."""
+    ours, grid = (OmegaConf.to_container(load_config([f"+experiment={n}"]), resolve=True)
+                  for n in ("step_adaptation", "step_size_ablation"))
+    for key in ("data", "field", "model", "block", "optimizer", "trainer", "device"):
+        assert ours[key] == grid[key], f"{key} differs from step_size_ablation: keep them in step"
+    assert ours["solver"]["name"] == grid["solver"]["name"] == "euler"
+    assert ours["adaptation"]["enabled"] and not grid["adaptation"]["enabled"]
+    assert ours["adaptation"]["every"] == 50 and ours["adaptation"]["threshold"] == 0.1
+
+
+def test_step_adaptation_smoke_sweep(tmp_path, smoke_sweep):
+    proc, sweep = smoke_sweep("step_adaptation")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    columns, rows = read_summary(sweep)
+    assert columns[-len(BASE_COLUMNS):] == list(BASE_COLUMNS)
+    assert {r["test_solver"] for r in rows} == {"euler", "midpoint", "rk4", "dopri5"}
+    assert all(r["status"] == "ok" and r["seed"] == "0" for r in rows)
+    (run,) = [p.parent for p in sweep.rglob("metrics.json")]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train"]["adaptation"]["checks"] == 3  # every 2 of 6 smoke iterations
+    assert (run / "adaptation.csv").is_file()
+    train_row = next(r for r in rows if r["is_train_solver"] == "True")
+    assert float(train_row["train_step_size"]) == pytest.approx(metrics["train"]["adaptation"]["final_step_size"])
+
+    out = tmp_path / "report"
+    assert adaptation_report.main([str(sweep), "--grid", str(sweep), "--out", str(out)]) == 0
+    table = (out / "adaptation.md").read_text()
+    assert "| 0 | 1/8 -> " in table and "mean train NFE" in table
+    assert 0 < (out / "step_adaptation.png").stat().st_size <= MAX_PNG_BYTES
+
+
+def test_convergence_test_smoke_sweep(tmp_path, smoke_sweep):
+    proc, sweep = smoke_sweep("convergence_test")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    columns, rows = read_summary(sweep)
+    assert columns[-len(BASE_COLUMNS):] == list(BASE_COLUMNS) and "solver.name" in columns
+    assert all(r["status"] == "ok" for r in rows)
+    for scheme in ("euler", "rk4"):
+        mine = [r for r in rows if r["train_solver"] == scheme]
+        assert len(mine) == 15  # 7 euler + 7 rk4 step counts (the training one among them) + dopri5
+        for solver in ("euler", "rk4"):
+            steps = sorted(int(r["test_steps"]) for r in mine if r["test_solver"] == solver)
+            assert steps == [1, 2, 4, 8, 16, 32, 64]
+        assert [r["test_solver"] for r in mine if not r["test_steps"]] == ["dopri5"]
+    assert (sweep / "accuracy_vs_test_steps.png").is_file()
+
+    out = tmp_path / "report"
+    assert refinement.main([str(sweep), "--out", str(out)]) == 0
+    table = (out / "refinement.md").read_text()
+    assert "### Trained with euler N=2 (h=1/2) (1 seeds)" in table and "dopri5 (adaptive reference)" in table
+    assert "| euler | change | " in table
+    assert 0 < (out / "refinement.png").stat().st_size <= MAX_PNG_BYTES
+
+
+def test_refinement_changes_are_paired_by_seed():
+    def row(seed, solver, steps, acc, train=False):
+        return {"train_solver": "euler", "train_steps": 2, "train_step_size": 0.5, "test_solver": solver,
+                "test_steps": steps, "test_step_size": None if steps is None else 1 / steps, "rtol": None,
+                "atol": None, "is_train_solver": train, "accuracy": acc, "loss": 0.0, "nfe": 1.0, "seed": seed,
+                "status": "ok", "reason": None, "run_dir": str(seed)}
+
+    rows = [row(0, "euler", 2, 0.9, True), row(0, "euler", 4, 0.8), row(0, "dopri5", None, 0.7),
+            row(1, "euler", 2, 0.6, True), row(1, "euler", 4, 0.6), row(1, "dopri5", None, 0.5)]
+    (cells,) = refinement.paired_changes(rows).values()
+    assert cells[("euler", 4)] == [(0.8, pytest.approx(-0.1)), (0.6, 0.0)]
+    assert cells[("dopri5", None)] == [(0.7, pytest.approx(-0.2)), (0.5, pytest.approx(-0.1))]
+
+
+def test_threads_must_be_positive():
+    from odenet.build import check_config
+
+    check_config(load_config([*SMOKE, "threads=1"]))
+    with pytest.raises(ValueError, match="threads"):
+        check_config(load_config([*SMOKE, "threads=0"]))

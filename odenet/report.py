@@ -560,24 +560,24 @@ SECTIONS: dict[str, SectionFn] = {}
 DIR_PLOTS: dict[str, DirPlotFn] = {}
 
 
-def register_section(name: str) -> Callable[[SectionFn], SectionFn]:
-    """Decorator adding a markdown section to every report: ``fn(rows, root) -> lines | None`` (None: skip)."""
+def _register(registry: dict[str, Any], name: str) -> Callable[[Any], Any]:
+    """A decorator that stores its function in ``registry`` under ``name``."""
 
-    def deco(fn: SectionFn) -> SectionFn:
-        SECTIONS[name] = fn
+    def deco(fn: Any) -> Any:
+        registry[name] = fn
         return fn
 
     return deco
+
+
+def register_section(name: str) -> Callable[[SectionFn], SectionFn]:
+    """Decorator adding a markdown section to every report: ``fn(rows, root) -> lines | None`` (None: skip)."""
+    return _register(SECTIONS, name)
 
 
 def register_dir_plot(filename: str) -> Callable[[DirPlotFn], DirPlotFn]:
     """Decorator adding a plot that reads the run dirs: ``fn(rows, root) -> Figure | None`` (None: skip)."""
-
-    def deco(fn: DirPlotFn) -> DirPlotFn:
-        DIR_PLOTS[filename] = fn
-        return fn
-
-    return deco
+    return _register(DIR_PLOTS, filename)
 
 
 def load_extensions() -> None:
@@ -616,12 +616,7 @@ PLOTS: dict[str, PlotFn] = {}
 
 def register_plot(filename: str) -> Callable[[PlotFn], PlotFn]:
     """Decorator adding a plot to every report: ``fn(rows) -> Figure | None`` (None: no data, skip)."""
-
-    def deco(fn: PlotFn) -> PlotFn:
-        PLOTS[filename] = fn
-        return fn
-
-    return deco
+    return _register(PLOTS, filename)
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:

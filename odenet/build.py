@@ -13,11 +13,12 @@ from torch import nn
 from .adaptation import check_adaptation
 from .blocks import Block, make_block
 from .config import Config, EvalSolverConfig, FieldConfig
-from .fields import ConvField, DepthIndexedField, MLPField
+from .fields import ConvField, DepthIndexedField, LinearField, MLPField
 from .models import Classifier, flat_size, image_head, image_stem, vector_head, vector_stem
 from .solvers import ADAPTIVE_SOLVERS, SCHEMES, all_solver_names, is_adaptive
 
-FIELD_KINDS = ("mlp", "conv")
+FIELD_KINDS = ("mlp", "conv", "linear")
+HEADS = ("linear", "identity")
 BLOCK_KINDS = ("residual", "plain", "learned_steps", "ode")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "cosine", "step")
@@ -37,6 +38,7 @@ def check_config(cfg: Config) -> None:
     check_choice("data.name", cfg.data.name, list(DATASETS))
     check_choice("field.kind", cfg.field.kind, FIELD_KINDS)
     check_choice("block.kind", cfg.block.kind, BLOCK_KINDS)
+    check_choice("model.head", cfg.model.head, HEADS)
     check_choice("solver.name", cfg.solver.name, all_solver_names())
     check_choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
     check_choice("optimizer.schedule", cfg.optimizer.schedule, SCHEDULES)
@@ -60,17 +62,33 @@ def build_field(cfg: FieldConfig, dim: int, steps: int | None, T: float) -> nn.M
     check_choice("field.kind", cfg.kind, FIELD_KINDS)
 
     def make() -> nn.Module:
+        if cfg.kind == "linear":
+            return LinearField(dim, zero_init=cfg.zero_init)
         if cfg.kind == "mlp":
-            return MLPField(dim, cfg.hidden, cfg.depth, cfg.activation, cfg.time)  # type: ignore[arg-type]
-        return ConvField(
-            dim, cfg.hidden, cfg.depth, cfg.kernel, cfg.activation, cfg.time,  # type: ignore[arg-type]
-            groupnorm=cfg.groupnorm, groups=cfg.groups,
-        )
+            field: nn.Module = MLPField(dim, cfg.hidden, cfg.depth, cfg.activation, cfg.time)  # type: ignore[arg-type]
+            last = field.linears[-1]
+        else:
+            field = ConvField(
+                dim, cfg.hidden, cfg.depth, cfg.kernel, cfg.activation, cfg.time,  # type: ignore[arg-type]
+                groupnorm=cfg.groupnorm, groups=cfg.groups,
+            )
+            last = field.convs[-1]
+        if cfg.zero_init:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        return field
 
     if cfg.untied:
         if steps is None:
             raise ValueError("field.untied=true needs a fixed step count (solver.steps): one weight set per step")
-        return DepthIndexedField(make, steps, T)
+        field = DepthIndexedField(make, steps, T)
+        if cfg.tied_init:
+            first = field.layers[0].state_dict()
+            for layer in field.layers[1:]:
+                layer.load_state_dict(first)
+        return field
+    if cfg.tied_init:
+        raise ValueError("field.tied_init=true applies to a depth-indexed field only: set field.untied=true")
     return make()
 
 
@@ -97,7 +115,12 @@ def block_options(cfg: Config) -> tuple[str, dict[str, Any]]:
 
 
 def build_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
-    """Stem -> block on the configured field -> head, for vector or image inputs."""
+    """Stem -> block on the configured field -> head, for vector or image inputs.
+
+    ``num_classes`` is the number of outputs (classes, or regression targets). ``model.head=identity``
+    makes the block's final state the output: the state must then have ``num_classes`` features.
+    """
+    check_choice("model.head", cfg.model.head, HEADS)
     images = cfg.field.kind == "conv"
     if images:
         if len(input_shape) != 3:
@@ -109,6 +132,13 @@ def build_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> 
     else:
         stem, dim = vector_stem(flat_size(input_shape), cfg.model.width, cfg.model.augment)
         head = vector_head(dim, num_classes)
+    if cfg.model.head == "identity":
+        if images or dim != num_classes:
+            raise ValueError(
+                f"model.head=identity needs a vector state with as many features as outputs ({num_classes}); "
+                f"the state has {dim if not images else 'image channels'}: use model.head=linear"
+            )
+        head = nn.Identity()
     solver, options = block_options(cfg)
     field = build_field(cfg.field, dim, options.get("steps"), cfg.block.T)
     block: Block = make_block(field, solver, T=cfg.block.T, **options)

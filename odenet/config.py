@@ -34,7 +34,7 @@ class DataConfig:
 
 @dataclass
 class FieldConfig:
-    kind: str = "mlp"  # mlp | conv
+    kind: str = "mlp"  # mlp | conv | linear (F = W x, no bias)
     hidden: int = 32
     depth: int = 2
     activation: str = "tanh"
@@ -43,12 +43,15 @@ class FieldConfig:
     groupnorm: bool = False
     groups: int = 8
     untied: bool = False  # one weight set per step (DepthIndexedField over solver.steps)
+    tied_init: bool = False  # untied only: every step starts from step 0's weights (an init smooth, constant, in depth)
+    zero_init: bool = False  # linear: W = 0 at init (Sander et al.); mlp / conv: the last layer's weight and bias = 0
 
 
 @dataclass
 class ModelConfig:
     width: int | None = None  # lift the input to this many features / channels (None: the input's own)
     augment: int = 0  # ANODE: zero dimensions (channels for images) appended to the state
+    head: str = "linear"  # linear | identity (the block's output is the prediction: regression, state dim = targets)
 
 
 @dataclass
@@ -130,6 +133,31 @@ class AdaptationConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """Measurements (``odenet.analysis``) on the model, written to ``metrics.json["analysis"]`` (all off by default).
+
+    Every measurement uses the first ``points`` training examples (the whole batch at once), the model in
+    eval mode and the task's loss (cross-entropy or MSE). ``gradients`` is taken at initialisation and after
+    training; the others after training.
+    """
+
+    gradients: bool = False  # ||dL/dx_k|| at every state of the block (gradient flow)
+    gradient_times: int = 32  # ODE blocks: intervals of [0, T] at which the state gradient is taken
+    landscape: bool = False  # filter-normalised 1D and 2D random slices (Li et al. 2018)
+    grid: int = 21  # points per axis of the slices (grid x grid in 2D)
+    span: float = 1.0  # slices over [-span, span] in units of the filter-normalised direction
+    interpolation: bool = False  # loss on the segment (1 - a) theta_init + a theta_trained, a in [-0.5, 1.5]
+    sharpness: bool = False  # top Hessian eigenvalue (power iteration) and Hutchinson trace
+    hessian_iters: int = 100
+    hessian_tol: float = 1e-4
+    trace_samples: int = 20
+    depth: bool = False  # smoothness in depth of a depth-indexed field (field.untied): increments of theta_k
+    trajectory: bool = False  # kinetic energy and ||x_{k+1} - x_k|| / h per step (not for plain nets)
+    points: int = 512  # training examples used (all if fewer)
+    seed: int = 0  # random directions and probes
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -145,6 +173,7 @@ class Config:
     trainer: TrainerConfig = default(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = default(default_factory=EvaluationConfig)
     adaptation: AdaptationConfig = default(default_factory=AdaptationConfig)
+    analysis: AnalysisConfig = default(default_factory=AnalysisConfig)
 
 
 def register_configs() -> None:

@@ -88,6 +88,21 @@ class MLPField(nn.Module):
         return x
 
 
+class LinearField(nn.Module):
+    """``F(t, x) = x W^T`` (no bias): with ``DepthIndexedField`` and Euler, Sander et al.'s linear ResNet
+    ``x_{k+1} = x_k + W_k x_k / L``. ``zero_init`` starts from ``W = 0`` (Sander et al.'s initialisation)."""
+
+    def __init__(self, dim: int, zero_init: bool = False) -> None:
+        super().__init__()
+        _check_positive_int("dim", dim)
+        self.linear = nn.Linear(dim, dim, bias=False)
+        if zero_init:
+            nn.init.zeros_(self.linear.weight)
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        return self.linear(x)
+
+
 class ConvField(nn.Module):
     """A convolutional field on image states ``(..., channels, H, W)`` that keeps the shape.
 

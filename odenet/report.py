@@ -5,7 +5,8 @@ every ``metrics.json`` under DIR, flattens them into one long table (one row per
 evaluation, see :func:`collect`) and writes ``summary.csv``, ``report.md`` and the PNG plots
 registered in :data:`PLOTS` into DIR. Experiment-specific plots are added with :func:`register_plot`.
 
-Extensions: the modules named in :data:`EXTENSIONS` (``odenet.analysis.step_size``) are imported
+Extensions: the modules named in :data:`EXTENSIONS` (``odenet.analysis.step_size``,
+``odenet.analysis.smoothness_report``) are imported
 before a report is written and may register more: markdown sections (:func:`register_section`,
 ``fn(rows, root) -> lines | None``) and plots that read the run dirs themselves, e.g. to reload
 trained models (:func:`register_dir_plot`, ``fn(rows, root) -> Figure | None``). Each returns
@@ -71,7 +72,7 @@ PlotFn = Callable[[list[Row]], Figure | None]
 DirPlotFn = Callable[[list[Row], Path], Figure | None]
 SectionFn = Callable[[list[Row], Path], list[str] | None]
 #: Modules imported by :func:`load_extensions` before a report is written; they register sections and plots.
-EXTENSIONS: list[str] = ["odenet.analysis.step_size"]
+EXTENSIONS: list[str] = ["odenet.analysis.step_size", "odenet.analysis.smoothness_report"]
 
 
 class ReportError(RuntimeError):

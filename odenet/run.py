@@ -45,8 +45,9 @@ def main(cfg: DictConfig) -> float | None:
     for ev in metrics["evaluations"]:
         steps = f"{ev['test_steps']} steps" if ev["test_steps"] else f"rtol {ev['rtol']}"
         if ev["status"] == "ok":
-            log.info("test %-8s %-10s accuracy %.4f  loss %.4f  nfe %.1f", ev["test_solver"], steps,
-                     ev["accuracy"], ev["loss"], ev["nfe"])
+            acc = "   –  " if ev["accuracy"] is None else f"{ev['accuracy']:.4f}"
+            log.info("test %-8s %-10s accuracy %s  loss %.4f  nfe %.1f", ev["test_solver"], steps,
+                     acc, ev["loss"], ev["nfe"])
         else:
             log.info("test %-8s %-10s failed: %s", ev["test_solver"], steps, ev["reason"])
     log.info("wrote %s", out_dir)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from . import measure
 from .adaptation import StepSizeAdaptation
 from .blocks import ODEBlock, ResidualStack, SolverError
 from .build import build_model, build_optimizer, check_config, eval_options
@@ -136,23 +137,38 @@ def _learned_step_sizes(model: Classifier) -> dict[str, float]:
     return {}
 
 
+def loss_function(task: str) -> Callable[..., torch.Tensor]:
+    """The training loss of a task: cross-entropy (classification) or mean squared error (regression)."""
+    return F.mse_loss if task == "regression" else F.cross_entropy
+
+
 @torch.no_grad()
-def evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
-    """Accuracy, mean cross-entropy and mean NFE per forward over ``(x, y)`` in batches."""
+def evaluate(
+    model: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: int, task: str = "classification"
+) -> dict[str, float | None]:
+    """Accuracy, mean loss and mean NFE per forward over ``(x, y)`` in batches.
+
+    Classification: cross-entropy and accuracy; regression: the mean squared error (over samples and
+    output features, as ``F.mse_loss``) and accuracy ``None``.
+    """
     was_training = model.training
     model.eval()
     correct, loss_sum, nfes = 0, 0.0, []
+    regression = task == "regression"
     try:
         for start in range(0, len(x), batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            logits = model(xb)
+            out = model(xb)
             nfes.append(model.block.nfe)
-            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(-1) == yb).sum())
+            if regression:
+                loss_sum += float(F.mse_loss(out, yb, reduction="mean")) * len(xb)
+            else:
+                loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+                correct += int((out.argmax(-1) == yb).sum())
     finally:
         model.train(was_training)
     n = len(x)
-    return {"accuracy": correct / n, "loss": loss_sum / n, "nfe": float(np.mean(nfes))}
+    return {"accuracy": None if regression else correct / n, "loss": loss_sum / n, "nfe": float(np.mean(nfes))}
 
 
 def _train_description(cfg: Config, model: Classifier) -> dict[str, Any]:
@@ -225,7 +241,7 @@ def run_evaluations(cfg: Config, model: Classifier, data: Dataset, device: torch
             if "error" in options:
                 raise ValueError(options["error"])
             evaluated = model if is_train else model.with_solver(name, **options)
-            entry.update(evaluate(evaluated, x, y, bs))
+            entry.update(evaluate(evaluated, x, y, bs, data.task))
         except (SolverError, ValueError) as err:
             entry.update(status="failed", reason=str(err))
             log.warning("evaluation %s (%s) failed: %s", name, options, err)
@@ -254,6 +270,16 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
         as_images=d.as_images,
     )
     model = build_model(cfg, data.input_shape, data.num_classes).to(device)
+    loss_fn = loss_function(data.task)
+    regression = data.task == "regression"
+    if regression and cfg.adaptation.enabled:
+        raise ValueError("adaptation.enabled=true compares accuracies: it needs a classification data set")
+    n_analysis = min(cfg.analysis.points, len(data.x_train))
+    x_analysis, y_analysis = data.x_train[:n_analysis].to(device), data.y_train[:n_analysis].to(device)
+    # Measured before any checkpoint is loaded: the freshly seeded model is the one at initialisation.
+    analysis: dict[str, Any] = (
+        measure.at_init(model, x_analysis, y_analysis, loss_fn, cfg.analysis) if measure.enabled(cfg.analysis) else {}
+    )
     adapter = StepSizeAdaptation.from_config(cfg) if cfg.adaptation.enabled else None
     if adapter is not None:
         adapter.attach(model)  # a fixed-grid ODE block on the same field, at the initial step size
@@ -262,6 +288,7 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
     sampler = BatchSampler(len(data.x_train), cfg.trainer.batch_size, cfg.seed)
     metrics: dict[str, Any] = {
         "status": "running", "reason": None, "seed": cfg.seed, "overrides": dict(overrides or {}),
+        "task": data.task,
         "train": {**_train_description(cfg, model), "iterations": total, "parameters": count_parameters(model)},
         "evaluations": [],
     }
@@ -315,7 +342,7 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
             idx = sampler.next().to(device)
             xb, yb = x_train[idx], y_train[idx]
             logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            loss = loss_fn(logits, yb)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"the training loss became {float(loss.detach())} at iteration {it + 1}: lower optimizer.lr "
@@ -330,7 +357,8 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
             if scheduler is not None:
                 scheduler.step()
             window["loss"] += float(loss.detach()) * len(idx)
-            window["correct"] += int((logits.argmax(-1) == yb).sum())
+            if not regression:
+                window["correct"] += int((logits.argmax(-1) == yb).sum())
             window["seen"] += len(idx)
             window["count"] += 1
             done = it + 1
@@ -339,7 +367,7 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
                     "iteration": done,
                     "epoch": round(done * sampler.batch_size / len(x_train), 4),
                     "loss": window["loss"] / window["seen"],
-                    "accuracy": window["correct"] / window["seen"],
+                    "accuracy": None if regression else window["correct"] / window["seen"],
                     "nfe_forward": nfe_forward,
                     "nfe_backward": model.block.nfe_backward,
                     "lr": optimizer.param_groups[0]["lr"],
@@ -350,7 +378,7 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
                 history.append(row)
                 window = {"loss": 0.0, "correct": 0, "seen": 0, "count": 0}
                 write_history()
-                bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}", nfe=nfe_forward)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", nfe=nfe_forward)
             if done % cfg.trainer.checkpoint_every == 0 or done == total:
                 save_checkpoint(done)
     except (TrainingDiverged, SolverError) as err:
@@ -361,7 +389,7 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
         bar.close()
 
     save_torch(out_dir / "model.pt", model.state_dict())
-    train_eval = evaluate(model, x_train, y_train, cfg.trainer.eval_batch_size)
+    train_eval = evaluate(model, x_train, y_train, cfg.trainer.eval_batch_size, data.task)
     metrics["train"].update(
         **_train_description(cfg, model),  # the final step size, after adaptation
         **({"adaptation": adapter.summary()} if adapter is not None else {}),
@@ -371,6 +399,10 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
         **({"step_sizes": list(_learned_step_sizes(model).values())} if _learned_step_sizes(model) else {}),
     )
     metrics["evaluations"] = run_evaluations(cfg, model, data, device)
+    if measure.enabled(cfg.analysis):
+        init_state = analysis.pop("_init_state", None)  # taken before any checkpoint was loaded: the init
+        analysis.update(measure.after_training(model, x_analysis, y_analysis, loss_fn, cfg.analysis, init_state))
+        metrics["analysis"] = analysis
     metrics["status"] = "ok"
     write_json(out_dir / "metrics.json", metrics)
     return metrics

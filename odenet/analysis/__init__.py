@@ -2,7 +2,9 @@
 
 :mod:`odenet.analysis.step_size` (Ott et al.'s step-size ablation: critical step size, folds of the
 step map, decision regions in the plane) also registers report sections and a plot with
-:mod:`odenet.report`, which imports it before writing a report.
+:mod:`odenet.report`, which imports it before writing a report; so does
+:mod:`odenet.analysis.smoothness_report` (degradation, gradient flow, loss landscape and depth-smoothness
+sections and plots, read from ``metrics.json["analysis"]`` as written by :mod:`odenet.measure`).
 """
 
 from .depth import DepthSmoothness, PowerLawFit, depth_increments, depth_smoothness, loglog_slope

@@ -17,7 +17,6 @@ raises is logged and skipped, never stopping the report.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import io
 import json
@@ -39,6 +38,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 from omegaconf import DictConfig, OmegaConf
+
+from .io import write_csv as atomic_csv
 
 log = logging.getLogger(__name__)
 
@@ -382,14 +383,8 @@ def _md_table(header: Sequence[str], body: Iterable[Sequence[Any]]) -> list[str]
 
 
 def write_csv(rows: Sequence[Row], path: str | Path) -> Path:
-    """Write ``rows`` with the csv module (``None`` as an empty field)."""
-    path = Path(path)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        cols = columns(rows)
-        writer.writerow(cols)
-        writer.writerows([["" if r[c] is None else r[c] for c in cols] for r in rows])
-    return path
+    """Write ``rows`` atomically in the report's column order (``None`` as an empty field)."""
+    return atomic_csv(Path(path), rows, columns(rows))
 
 
 def _sweep_overrides(root: Path) -> str | None:

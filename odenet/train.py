@@ -8,15 +8,12 @@ Every file is written atomically (temp file + rename), so a crash never leaves h
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
 import math
-import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +31,7 @@ from .blocks import ODEBlock, ResidualStack, SolverError
 from .build import build_model, build_optimizer, check_config, eval_options
 from .config import Config
 from .data import Dataset, load_dataset
+from .io import atomic_write, write_csv, write_json
 from .models import Classifier, count_parameters
 from .solvers import is_adaptive
 
@@ -44,42 +42,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write ``path`` through ``write(file)`` into a temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: json.dump(obj, f, indent=2, allow_nan=True))
-
-
 def save_torch(path: Path, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write(path, lambda f: f.write(buffer.getvalue()), binary=True)
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-
-    def write(f: Any) -> None:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    atomic_write(path, write)
 
 
 def resolve_device(name: str) -> torch.device:

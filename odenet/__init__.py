@@ -7,6 +7,7 @@ torchdiffeq ODE block, and swapped between them without retraining.
 
 from .blocks import Block, ODEBlock, ResidualStack, SolverError, make_block
 from .fields import Augment, ConvField, DepthIndexedField, MLPField, augment
+from .regularization import RegularizedDynamics
 from .solvers import SCHEMES, ButcherTableau, register_scheme
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "DepthIndexedField",
     "MLPField",
     "ODEBlock",
+    "RegularizedDynamics",
     "ResidualStack",
     "SCHEMES",
     "SolverError",

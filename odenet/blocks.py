@@ -14,6 +14,7 @@ import torch
 import torchdiffeq
 from torch import Tensor, nn
 
+from .regularization import RegularizedDynamics, check_regularizers
 from .solvers import (
     ADAPTIVE_SOLVERS,
     SCHEMES,
@@ -71,6 +72,32 @@ class Block(nn.Module):
 
     field: nn.Module
     T: float
+    regularizers: tuple[str, ...] = ()
+    noise: str = "gaussian"
+
+    def _init_regularizers(self, regularizers: Sequence[str], noise: str) -> None:
+        self.regularizers = check_regularizers(regularizers, noise)
+        self.noise = noise
+        self._regularization: dict[str, Tensor] = {}
+
+    def _dynamics(self) -> RegularizedDynamics | None:
+        """The augmented dynamics when penalties are integrated: regularizers set, training, grad enabled."""
+        if self.regularizers and self.training and torch.is_grad_enabled():
+            return RegularizedDynamics(self.field, self.regularizers, self.noise)
+        return None
+
+    def _record_regularization(self, integrals: dict[str, Tensor] | None) -> None:
+        self._regularization = {k: v.mean() for k, v in integrals.items()} if integrals else {}
+
+    @property
+    def regularization(self) -> dict[str, Tensor]:
+        """The penalties of the last training forward, batch means of per-sample integrals over ``[0, T]``.
+
+        ``kinetic``: ``int ||F(t, x)||^2 dt``; ``jacobian``: the Hutchinson estimate of
+        ``int ||dF/dx||_F^2 dt``. Computed only in training mode with gradients enabled (empty otherwise);
+        differentiable, to be added to the loss with their weights.
+        """
+        return self._regularization
 
     @property
     def nfe(self) -> int:
@@ -134,7 +161,8 @@ class ResidualStack(Block):
     sharing the field's weights (use ``DepthIndexedField`` for one weight set per block).
     ``shortcut=False`` is the plain net on the same field, ``x_{k+1} = F(t_k, x_k)``.
     ``learn_steps=True`` makes the step sizes trainable: ``h = T softmax(theta)``, so they stay
-    positive and sum to ``T``.
+    positive and sum to ``T``. ``regularizers`` (``kinetic``, ``jacobian``) are integrated alongside
+    the state by the same scheme while training (see ``Block.regularization``).
     """
 
     def __init__(
@@ -145,9 +173,12 @@ class ResidualStack(Block):
         scheme: str = "euler",
         shortcut: bool = True,
         learn_steps: bool = False,
+        regularizers: Sequence[str] = (),
+        noise: str = "gaussian",
     ) -> None:
         super().__init__()
         _check_field(field)
+        self._init_regularizers(regularizers, noise)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
         self.T = _check_T(T)
@@ -158,6 +189,8 @@ class ResidualStack(Block):
             )
         if learn_steps and not shortcut:
             raise ValueError("learn_steps=True needs shortcut=True: a plain net has no step size to learn")
+        if self.regularizers and not shortcut:
+            raise ValueError("regularizers need shortcut=True: a plain net x <- F(t, x) integrates no trajectory")
         self.field = field
         self.steps, self.scheme, self.shortcut, self.learn_steps = steps, scheme, shortcut, learn_steps
         if learn_steps:
@@ -203,8 +236,12 @@ class ResidualStack(Block):
         else:
             times = self._uniform_times(x)
             hs = [self.T / steps] * steps
+        dynamics = None if keep else self._dynamics()
+        if dynamics is not None:
+            x = dynamics.augment(x)
         states = [x] if keep else []
-        field: Any = _ShapeChecked(self.field)
+        field: Any = dynamics if dynamics is not None else _ShapeChecked(self.field)
+        base: Any = dynamics if dynamics is not None else self.field
         for k in range(steps):
             if self.shortcut:
                 x = rk_step(field, times[k * stages : (k + 1) * stages], x, hs[k], self.tableau)
@@ -212,8 +249,12 @@ class ResidualStack(Block):
                 x = field(times[k], x)
             if keep:
                 states.append(x)
-            field = self.field
+            field = base
         self._nfe = steps * stages
+        integrals = None
+        if dynamics is not None:
+            x, integrals = dynamics.split(x)
+        self._record_regularization(integrals)
         return states if keep else x
 
     def forward(self, x: Tensor) -> Tensor:
@@ -233,6 +274,8 @@ class ResidualStack(Block):
         if _wants_stack(solver, options):
             options.setdefault("steps", self.steps)
             options.setdefault("shortcut", self.shortcut)
+        options.setdefault("regularizers", self.regularizers)
+        options.setdefault("noise", self.noise)
         return make_block(self.field, solver, T=self.T, **options)
 
 
@@ -264,12 +307,20 @@ class _AdaptiveCountingField(_CountingField):
         self.t_end = t_end  # the last output time: torchdiffeq's last step may pass it (and interpolate)
         self.accepted: list[Tensor] = []
         self.rejected = 0
+        self.accepted_backward = 0  # steps of the adjoint solve (odeint_adjoint's backward pass)
+        self.rejected_backward = 0
 
     def callback_accept_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.accepted.append(dt.detach())
 
     def callback_reject_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.rejected += 1
+
+    def callback_accept_step_adjoint(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.accepted_backward += 1
+
+    def callback_reject_step_adjoint(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.rejected_backward += 1
 
 
 _ODE_ONLY_OPTIONS = {"rtol", "atol", "adjoint", "step_size", "max_steps", "min_step", "max_step"}
@@ -282,7 +333,9 @@ class ODEBlock(Block):
     ``adaptive_heun``) controlled by ``rtol``/``atol``, ``max_steps`` and the step-size limits
     ``min_step``/``max_step``; or a torchdiffeq fixed-grid method (``euler``, ``rk4``, ...) with
     ``step_size``. ``nfe`` counts every field evaluation of the last forward, ``nfe_backward``
-    those of the adjoint solve that followed it.
+    those of the adjoint solve that followed it; ``stats`` adds accepted and rejected steps of both.
+    ``regularizers`` (``kinetic``, ``jacobian``) are integrated alongside the state while training
+    (see ``Block.regularization``).
     """
 
     def __init__(
@@ -297,9 +350,12 @@ class ODEBlock(Block):
         max_steps: int = 10_000,
         min_step: float = 0.0,
         max_step: float = math.inf,
+        regularizers: Sequence[str] = (),
+        noise: str = "gaussian",
     ) -> None:
         super().__init__()
         _check_field(field)
+        self._init_regularizers(regularizers, noise)
         self.T = _check_T(T)
         if solver not in ADAPTIVE_SOLVERS and solver not in TORCHDIFFEQ_FIXED:
             raise ValueError(
@@ -332,10 +388,11 @@ class ODEBlock(Block):
             "solver": self.solver, "rtol": self.rtol, "atol": self.atol, "adjoint": self.adjoint,
             "step_size": self.step_size, "max_steps": self.max_steps,
             "min_step": self.min_step, "max_step": self.max_step,
+            "regularizers": self.regularizers, "noise": self.noise,
         }
 
     def extra_repr(self) -> str:
-        shown = {k: v for k, v in self.options.items() if v is not None}
+        shown = {k: v for k, v in self.options.items() if v is not None and v != ()}
         return f"T={self.T}, " + ", ".join(f"{k}={v}" for k, v in shown.items())
 
     @property
@@ -364,9 +421,15 @@ class ODEBlock(Block):
     @property
     def stats(self) -> dict[str, int]:
         stats = {"nfe": self.nfe, "nfe_backward": self.nfe_backward}
-        if isinstance(self._counter, _AdaptiveCountingField):
-            stats["steps_accepted"] = len(self._counter.accepted)
-            stats["steps_rejected"] = self._counter.rejected
+        counter = self._counter
+        if isinstance(counter, _AdaptiveCountingField):
+            stats["steps_accepted"] = len(counter.accepted)
+            stats["steps_rejected"] = counter.rejected
+            if self.adjoint:
+                stats["steps_accepted_backward"] = counter.accepted_backward
+                stats["steps_rejected_backward"] = counter.rejected_backward
+        else:
+            stats["steps"] = math.ceil(self.T / self.step_size - 1e-9)  # torchdiffeq's grid, last step shorter
         return stats
 
     def _torchdiffeq_options(self) -> dict[str, Any]:
@@ -379,8 +442,12 @@ class ODEBlock(Block):
             options["max_step"] = self.max_step
         return options
 
-    def _solve(self, x: Tensor, times: Tensor) -> Tensor:
-        counter = _AdaptiveCountingField(self.field, times[-1]) if self.adaptive else _CountingField(self.field)
+    def _solve(self, x: Tensor, times: Tensor, regularize: bool = False) -> Tensor:
+        dynamics = self._dynamics() if regularize else None
+        field: nn.Module = self.field
+        if dynamics is not None:
+            x, field = dynamics.augment(x), dynamics
+        counter = _AdaptiveCountingField(field, times[-1]) if self.adaptive else _CountingField(field)
         self._counter = counter
         kwargs: dict[str, Any] = dict(
             rtol=self.rtol, atol=self.atol, method=self.solver, options=self._torchdiffeq_options()
@@ -392,11 +459,17 @@ class ODEBlock(Block):
             else:
                 out = torchdiffeq.odeint(counter, x, times, **kwargs)
         except AssertionError as err:
-            raise self._solver_error(str(err)) from err
+            raise self.solver_error(str(err)) from err
         counter.in_backward = True
+        integrals = None
+        if dynamics is not None:
+            out, integrals = dynamics.split(out)
+            integrals = {k: v[-1] for k, v in integrals.items()}
+        self._record_regularization(integrals)
         return out
 
-    def _solver_error(self, reason: str) -> SolverError:
+    def solver_error(self, reason: str) -> SolverError:
+        """A ``SolverError`` for torchdiffeq's failure ``reason``, naming the setting to change."""
         if "max_num_steps" in reason:
             return SolverError(
                 f"{self.solver} needed more than max_steps={self.max_steps} steps: "
@@ -414,7 +487,7 @@ class ODEBlock(Block):
     def forward(self, x: Tensor) -> Tensor:
         """The state at ``T``."""
         times = torch.tensor([0.0, self.T], dtype=x.dtype, device=x.device)
-        return self._solve(x, times)[-1]
+        return self._solve(x, times, regularize=True)[-1]
 
     def trajectory(self, x: Tensor, times: Tensor | Sequence[float] | int = 32) -> Tensor:
         """States at ``times`` (starting at 0; an int ``n`` means ``n`` equal intervals of ``[0, T]``).

@@ -579,3 +579,38 @@ def test_plain_net_refuses_ode_integrators():
         with pytest.raises(ValueError, match="shortcut=False"):
             plain.with_solver(solver, **options)
     assert plain.with_solver("euler", steps=8).steps == 8
+
+
+class _OscillatingField(nn.Module):
+    """``F(t, x) = w sin(10 t) x``: dopri5 rejects steps on it, forward and backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(3.0, dtype=torch.float64))
+
+    def forward(self, t, x):
+        return self.w * torch.sin(10 * t) * x
+
+
+@pytest.mark.parametrize("rtol", [1e-3, 1e-6])
+def test_dopri5_statistics_forward_and_backward_agree_with_a_counting_field(rtol):
+    """dopri5 (FSAL) costs 2 evaluations to start and 6 per tried step, accepted or rejected."""
+    counting = CountingField(_OscillatingField())
+    block = ODEBlock(counting, T=3.0, rtol=rtol, atol=rtol, adjoint=True)
+    out = block(torch.randn(4, 2, dtype=torch.float64))
+    forward_calls = counting.calls
+    out.sum().backward()
+    stats = block.stats
+    assert stats["nfe"] == forward_calls and stats["nfe_backward"] == counting.calls - forward_calls
+    assert stats["steps_rejected"] > 0 and stats["steps_rejected_backward"] > 0
+    assert stats["nfe"] == 2 + 6 * (stats["steps_accepted"] + stats["steps_rejected"])
+    assert stats["nfe_backward"] == 2 + 6 * (stats["steps_accepted_backward"] + stats["steps_rejected_backward"])
+    assert len(block.step_sizes) == stats["steps_accepted"]
+    torch.testing.assert_close(block.step_sizes.sum(), torch.tensor(3.0, dtype=torch.float64))
+
+
+def test_fixed_grid_ode_block_reports_its_step_count():
+    field = CountingField(LinearField(torch.eye(2)))
+    block = ODEBlock(field, T=1.0, solver="rk4", step_size=0.3)  # steps 0.3, 0.3, 0.3, 0.1
+    block(torch.randn(3, 2))
+    assert block.stats["steps"] == 4 and block.stats["nfe"] == field.calls == 16

@@ -224,7 +224,7 @@ def test_a_failing_extension_is_logged_and_skipped(tmp_path: Path, monkeypatch, 
 
 def test_experiment_config():
     cfg = load_config(["+experiment=step_size_ablation", "+train_solver=euler_16"])
-    assert (cfg.data.name, cfg.field.hidden, cfg.block.T, cfg.model.augment) == ("sphere2", 32, 1.0, 1)
+    assert (cfg.data.name, cfg.field.hidden, cfg.block.T, cfg.model.augment_dim) == ("sphere2", 32, 1.0, 1)
     assert (cfg.solver.name, cfg.solver.steps) == ("euler", 16)
     factors = sorted({(e.name, e.step_factor) for e in cfg.evaluation.solvers if e.step_factor is not None})
     assert factors == [(s, f) for s in ("euler", "midpoint", "rk4") for f in step_size.STEP_FACTORS]

@@ -14,7 +14,17 @@ from .adaptation import check_adaptation
 from .blocks import Block, make_block
 from .config import Config, EvalSolverConfig, FieldConfig
 from .fields import ConvField, DepthIndexedField, LinearField, MLPField
-from .models import Classifier, flat_size, image_head, image_stem, vector_head, vector_stem
+from .models import (
+    AMP_DTYPES,
+    IMAGE_STEMS,
+    Classifier,
+    flat_size,
+    image_head,
+    image_stem,
+    vector_head,
+    vector_stem,
+)
+from .regularization import NOISES, REGULARIZERS
 from .solvers import ADAPTIVE_SOLVERS, SCHEMES, all_solver_names, is_adaptive
 
 FIELD_KINDS = ("mlp", "conv", "linear")
@@ -54,7 +64,22 @@ def check_config(cfg: Config) -> None:
         raise ValueError(f"threads must be >= 1 or null, got {cfg.threads}")
     if cfg.optimizer.lr <= 0:
         raise ValueError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
+    regularizers(cfg)
     check_adaptation(cfg)
+    check_images(cfg)
+
+
+def check_images(cfg: Config) -> None:
+    """The image-model and device options: stem, mixed precision, augmentation (issue 7)."""
+    from .accel import AUGMENTATIONS
+
+    check_choice("model.stem", cfg.model.stem, IMAGE_STEMS)
+    check_choice("trainer.amp_dtype", cfg.trainer.amp_dtype, list(AMP_DTYPES))
+    check_choice("data.augment", cfg.data.augment, AUGMENTATIONS)
+    if cfg.model.stem != "lift" and cfg.field.kind != "conv":
+        raise ValueError(f"model.stem={cfg.model.stem} is an image stem: it needs field.kind=conv")
+    if cfg.data.crop_padding < 0:
+        raise ValueError(f"data.crop_padding must be >= 0, got {cfg.data.crop_padding}")
 
 
 def build_field(cfg: FieldConfig, dim: int, steps: int | None, T: float) -> nn.Module:
@@ -70,7 +95,7 @@ def build_field(cfg: FieldConfig, dim: int, steps: int | None, T: float) -> nn.M
         else:
             field = ConvField(
                 dim, cfg.hidden, cfg.depth, cfg.kernel, cfg.activation, cfg.time,  # type: ignore[arg-type]
-                groupnorm=cfg.groupnorm, groups=cfg.groups,
+                groupnorm=cfg.groupnorm, groups=cfg.groups, preact=cfg.preact,
             )
             last = field.convs[-1]
         if cfg.zero_init:
@@ -101,17 +126,31 @@ def block_options(cfg: Config) -> tuple[str, dict[str, Any]]:
     kind, s = cfg.block.kind, cfg.solver
     check_choice("block.kind", kind, BLOCK_KINDS)
     check_choice("solver.name", s.name, all_solver_names())
+    penalties = regularizers(cfg)
+    if penalties and kind == "plain":
+        raise ValueError("regularization.kinetic / .jacobian need a residual or ODE block, not block=plain")
+    reg = dict(regularizers=penalties, noise=cfg.regularization.noise) if penalties else {}
     if is_adaptive(s.name):
         if kind in ("plain", "learned_steps"):
             raise ValueError(f"block.kind={kind} is a discrete stack: use a fixed solver.name from {sorted(SCHEMES)}")
-        return s.name, dict(rtol=s.rtol, atol=s.atol, adjoint=s.adjoint, max_steps=s.max_steps)
+        return s.name, dict(rtol=s.rtol, atol=s.atol, adjoint=s.adjoint, max_steps=s.max_steps, **reg)
     if s.steps is None or s.steps < 1:
         raise ValueError(f"solver.name={s.name} is fixed-step: solver.steps must be an integer >= 1, got {s.steps}")
     if kind == "ode":
-        return s.name, dict(step_size=cfg.block.T / s.steps, adjoint=s.adjoint)
+        return s.name, dict(step_size=cfg.block.T / s.steps, adjoint=s.adjoint, **reg)
     if s.name not in SCHEMES:
         raise ValueError(f"solver.name={s.name} exists only in torchdiffeq: use block=ode, or one of {sorted(SCHEMES)}")
-    return s.name, dict(steps=s.steps, shortcut=kind != "plain", learn_steps=kind == "learned_steps")
+    return s.name, dict(steps=s.steps, shortcut=kind != "plain", learn_steps=kind == "learned_steps", **reg)
+
+
+def regularizers(cfg: Config) -> tuple[str, ...]:
+    """The penalties with a positive weight in ``regularization`` (checked: weights >= 0, a known noise)."""
+    r = cfg.regularization
+    for name in REGULARIZERS:
+        if getattr(r, name) < 0:
+            raise ValueError(f"regularization.{name} is a penalty weight: it must be >= 0, got {getattr(r, name)}")
+    check_choice("regularization.noise", r.noise, NOISES)
+    return tuple(name for name in REGULARIZERS if getattr(r, name) > 0)
 
 
 def build_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
@@ -127,10 +166,11 @@ def build_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> 
             raise ValueError(
                 f"field.kind=conv needs image data (C, H, W); data.name={cfg.data.name} gives {input_shape}"
             )
-        stem, dim = image_stem(input_shape[0], cfg.model.width, cfg.model.augment)
-        head = image_head(dim, num_classes)
+        groups = cfg.field.groups  # the downsample stem and its head norm like the field
+        stem, dim = image_stem(input_shape[0], cfg.model.width, cfg.model.augment_dim, cfg.model.stem, groups)
+        head = image_head(dim, num_classes, norm=cfg.model.stem == "downsample", groups=groups)
     else:
-        stem, dim = vector_stem(flat_size(input_shape), cfg.model.width, cfg.model.augment)
+        stem, dim = vector_stem(flat_size(input_shape), cfg.model.width, cfg.model.augment_dim)
         head = vector_head(dim, num_classes)
     if cfg.model.head == "identity":
         if images or dim != num_classes:
@@ -142,7 +182,8 @@ def build_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> 
     solver, options = block_options(cfg)
     field = build_field(cfg.field, dim, options.get("steps"), cfg.block.T)
     block: Block = make_block(field, solver, T=cfg.block.T, **options)
-    return Classifier(stem, block, head)
+    amp = AMP_DTYPES[cfg.trainer.amp_dtype] if cfg.trainer.amp else None  # autocast on the input's device
+    return Classifier(stem, block, head, amp_dtype=amp)
 
 
 def eval_options(ev: EvalSolverConfig, train_steps: int | None, train_step_size: float | None = None) -> dict[str, Any]:
@@ -174,7 +215,15 @@ def build_optimizer(cfg: Config, model: nn.Module, total_iterations: int):
     o = cfg.optimizer
     check_choice("optimizer.name", o.name, OPTIMIZERS)
     check_choice("optimizer.schedule", o.schedule, SCHEDULES)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: Any = [p for p in model.parameters() if p.requires_grad]
+    if o.step_lr_scale <= 0:
+        raise ValueError(f"optimizer.step_lr_scale must be positive, got {o.step_lr_scale}")
+    if o.step_lr_scale != 1.0:  # learned step logits in their own group (the schedule scales both groups alike)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        steps = [p for n, p in named if n.rsplit(".", 1)[-1] == "step_logits"]
+        params = [{"params": [p for n, p in named if n.rsplit(".", 1)[-1] != "step_logits"]}]
+        if steps:
+            params.append({"params": steps, "lr": o.lr * o.step_lr_scale})
     if o.name == "adam":
         optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
     else:

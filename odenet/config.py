@@ -30,6 +30,9 @@ class DataConfig:
     dim: int = 2  # concentric_spheres dimension
     noise: float | None = None
     as_images: bool = False  # digits as 1x8x8 images
+    synthetic: bool = False  # mnist / cifar10: class-patterned random images of the real shape, no files (smoke)
+    augment: str = "none"  # image data, on the device per batch: none | crop | flip | crop_flip (random crop, h-flip)
+    crop_padding: int = 4  # crop: zero-pad by this many pixels, then crop back to the image size at a random offset
 
 
 @dataclass
@@ -44,14 +47,18 @@ class FieldConfig:
     groups: int = 8
     untied: bool = False  # one weight set per step (DepthIndexedField over solver.steps)
     tied_init: bool = False  # untied only: every step starts from step 0's weights (an init smooth, constant, in depth)
+    preact: bool = False  # conv: norm + activation before the first conv (Chen et al.'s field: norm, ReLU, conv, ...)
     zero_init: bool = False  # linear: W = 0 at init (Sander et al.); mlp / conv: the last layer's weight and bias = 0
 
 
 @dataclass
 class ModelConfig:
     width: int | None = None  # lift the input to this many features / channels (None: the input's own)
-    augment: int = 0  # ANODE: zero dimensions (channels for images) appended to the state
+    augment_dim: int = 0  # ANODE (Dupont et al. 2019): zero dimensions (channels for images) appended to the state
     head: str = "linear"  # linear | identity (the block's output is the prediction: regression, state dim = targets)
+    # images: lift (a 3x3 conv to `width` channels, if given) | downsample (Chen et al.: conv3x3, norm, ReLU,
+    # conv4x4/2, norm, ReLU, conv4x4/2 to `width` (default 64) channels at 1/4 the size; head norm, ReLU, pool, linear)
+    stem: str = "lift"
 
 
 @dataclass
@@ -77,6 +84,7 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
     nesterov: bool = False
+    step_lr_scale: float = 1.0  # block=learned_steps: the step logits theta (h = T softmax(theta)) learn at scale x lr
     schedule: str = "none"  # none | cosine | step
     milestones: list[float] = default(default_factory=lambda: [0.5, 0.75])  # step schedule, as fractions of training
     gamma: float = 0.1
@@ -91,6 +99,11 @@ class TrainerConfig:
     checkpoint_every: int = 200
     eval_batch_size: int = 1000
     progress: bool = True  # tqdm bar, shown only on a terminal
+    # Mixed precision (torch.autocast) for the stem, head and fixed-step blocks; an adaptive ODE block always runs
+    # in float32 (error control is not safe in half precision). float16 adds a GradScaler.
+    amp: bool = False
+    amp_dtype: str = "bfloat16"  # bfloat16 | float16
+    compile: bool = False  # torch.compile the vector field in place (state_dict keys unchanged)
 
 
 @dataclass
@@ -133,6 +146,20 @@ class AdaptationConfig:
 
 
 @dataclass
+class RegularizationConfig:
+    """Penalties on the dynamics (Finlay et al. 2020), integrated alongside the state while training.
+
+    The training loss is ``task loss + kinetic * int ||F||^2 dt + jacobian * int ||dF/dx||_F^2 dt`` (batch
+    means; the Jacobian term by Hutchinson's estimator with one ``noise`` probe per sample and solve).
+    A weight of 0 switches its penalty off (nothing extra is computed).
+    """
+
+    kinetic: float = 0.0
+    jacobian: float = 0.0
+    noise: str = "gaussian"  # gaussian | rademacher
+
+
+@dataclass
 class AnalysisConfig:
     """Measurements (``odenet.analysis``) on the model, written to ``metrics.json["analysis"]`` (all off by default).
 
@@ -153,6 +180,11 @@ class AnalysisConfig:
     trace_samples: int = 20
     depth: bool = False  # smoothness in depth of a depth-indexed field (field.untied): increments of theta_k
     trajectory: bool = False  # kinetic energy and ||x_{k+1} - x_k|| / h per step (not for plain nets)
+    # the trained field re-solved by an adaptive solver (float64, no grad): accepted step sizes, start times, NFE
+    adaptive_steps: bool = False
+    adaptive_solver: str = "dopri5"
+    adaptive_rtol: float = 1e-5
+    adaptive_atol: float = 1e-5
     points: int = 512  # training examples used (all if fewer)
     seed: int = 0  # random directions and probes
 
@@ -173,6 +205,7 @@ class Config:
     trainer: TrainerConfig = default(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = default(default_factory=EvaluationConfig)
     adaptation: AdaptationConfig = default(default_factory=AdaptationConfig)
+    regularization: RegularizationConfig = default(default_factory=RegularizationConfig)
     analysis: AnalysisConfig = default(default_factory=AnalysisConfig)
 
 

@@ -12,12 +12,15 @@ labels). Every loader in ``DATASETS`` takes one :class:`DataOptions` (``root``, 
   ``n_train`` / ``n_test`` keep the first ``n`` examples after a fixed shuffle that does not
   depend on ``seed`` (so smaller subsets are nested in larger ones); ``dim`` and ``noise`` do
   not apply. Nothing is downloaded: ``mnist`` and ``cifar10`` read the standard files under
-  ``root``.
+  ``root``. With ``synthetic=True`` (``+debug=smoke`` sets it) they read no files and return
+  class-patterned random images of the real shape instead (:func:`synthetic_images`), so tests
+  and smoke runs of the image experiments need no data.
 """
 
 from __future__ import annotations
 
 import gzip
+import logging
 import math
 import os
 import pickle
@@ -30,6 +33,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["DATASETS", "TASKS", "DataOptions", "Dataset", "load_dataset", "register_dataset"]
+
+log = logging.getLogger(__name__)
 
 TASKS = ("classification", "regression")
 
@@ -87,6 +92,7 @@ class DataOptions:
     dim: int = 2
     noise: float | None = None  # None: the data set's default noise
     as_images: bool = False
+    synthetic: bool = False  # mnist / cifar10: synthetic images of the real shape instead of the files
 
 
 Loader = Callable[[DataOptions], Dataset]
@@ -118,12 +124,16 @@ def load_dataset(
     dim: int = 2,
     noise: float | None = None,
     as_images: bool = False,
+    synthetic: bool = False,
 ) -> Dataset:
     """The data set ``name`` (see ``DATASETS``); ``None`` sizes and noise mean the data set's default."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; data.name must be one of {sorted(DATASETS)}")
     return DATASETS[name](
-        DataOptions(root=root, n_train=n_train, n_test=n_test, seed=seed, dim=dim, noise=noise, as_images=as_images)
+        DataOptions(
+            root=root, n_train=n_train, n_test=n_test, seed=seed, dim=dim, noise=noise, as_images=as_images,
+            synthetic=synthetic,
+        )
     )
 
 
@@ -408,8 +418,11 @@ def load_mnist(o: DataOptions) -> Dataset:
     """MNIST from the four IDX files (each optionally ``.gz``) under ``root`` or ``root/MNIST/raw``.
 
     Images are ``1x28x28`` float32 in ``[0, 1]`` (always images: ``as_images`` does not apply);
-    60000 train / 10000 test. Uses ``root, n_train, n_test``.
+    60000 train / 10000 test. Uses ``root, n_train, n_test``; ``synthetic`` reads no files
+    (:func:`synthetic_images`, ``seed``).
     """
+    if o.synthetic:
+        return synthetic_images("mnist", (1, 28, 28), o)
     files = _find_files("mnist", o.root, os.path.join("MNIST", "raw"), MNIST_FILES, ("", ".gz"))
     splits = []
     for prefix, option, split in (("train", "n_train", "training"), ("t10k", "n_test", "test")):
@@ -458,8 +471,11 @@ def load_cifar10(o: DataOptions) -> Dataset:
     """CIFAR-10 from the python batches under ``root`` or ``root/cifar-10-batches-py``.
 
     ``data_batch_1..5`` (50000 train) and ``test_batch`` (10000 test); images ``3x32x32``
-    float32 in ``[0, 1]`` (always images). Uses ``root, n_train, n_test``.
+    float32 in ``[0, 1]`` (always images). Uses ``root, n_train, n_test``; ``synthetic`` reads no
+    files (:func:`synthetic_images`, ``seed``).
     """
+    if o.synthetic:
+        return synthetic_images("cifar10", (3, 32, 32), o)
     files = _find_files("cifar10", o.root, "cifar-10-batches-py", CIFAR10_FILES)
     train = [_read_cifar_batch(files[name]) for name in CIFAR10_FILES[:-1]]
     x_raw = np.concatenate([d for d, _ in train])
@@ -472,6 +488,50 @@ def load_cifar10(o: DataOptions) -> Dataset:
     idx_te = _subsample_index(len(y_te_raw), o.n_test, "n_test", "cifar10", "test")
     x_te, y_te = _to_tensors(x_te_raw, y_te_raw, idx_te, 255.0)
     return Dataset("cifar10", x_tr.reshape(-1, 3, 32, 32), y_tr, x_te.reshape(-1, 3, 32, 32), y_te, num_classes=10)
+
+
+# --------------------------------------------------------------------------- synthetic stand-ins for image sets
+
+SYNTHETIC_SIZES = (1000, 500)  # default train / test images of synthetic_images
+
+
+def synthetic_images(name: str, shape: tuple[int, int, int], o: DataOptions, num_classes: int = 10) -> Dataset:
+    """Images of ``shape`` in ``[0, 1]`` whose class is a texture, generated from ``o.seed`` (no files read).
+
+    Class ``c`` is a sinusoidal grating: orientation ``(c mod 5) x 36`` degrees, ``3`` or ``6`` periods across
+    the image (``c < 5`` or not), and per channel a class colour (random from ``seed``). An image is its
+    class's grating at a random phase (so crops and shifts keep the class) and contrast (0.5-1.0), plus
+    Gaussian noise (std ``o.noise``, default 0.2), clipped to ``[0, 1]``; labels are balanced
+    (``i mod num_classes``, shuffled). A stand-in for MNIST / CIFAR-10 in tests and smoke runs, learnable by
+    a conv net with pooling: same shapes and classes, not the data. Train and test come from separate
+    streams; ``n_train`` / ``n_test`` default to :data:`SYNTHETIC_SIZES`.
+    """
+    n_train = _size("n_train", o.n_train, SYNTHETIC_SIZES[0])
+    n_test = _size("n_test", o.n_test, SYNTHETIC_SIZES[1])
+    noise = _noise(o.noise, 0.2)
+    c, h, w = shape
+    rng_train, rng_test = _rngs(o.seed)
+    classes = np.arange(num_classes)
+    angle = np.pi * (classes % 5) / 5
+    periods = np.where(classes < 5, 3.0, 6.0)
+    wave = 2 * np.pi * periods[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)  # (classes, 2)
+    colour = np.random.default_rng([o.seed, 2]).uniform(0.3, 1.0, (num_classes, c))
+    yy, xx = np.meshgrid(np.arange(h) / h, np.arange(w) / w, indexing="ij")
+
+    def split(n: int, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+        y = rng.permutation(np.arange(n) % num_classes)
+        phase = rng.uniform(0, 2 * np.pi, (n, 1, 1))
+        contrast = rng.uniform(0.5, 1.0, (n, 1, 1, 1))
+        grating = 0.5 + 0.5 * np.sin(wave[y, 0, None, None] * yy + wave[y, 1, None, None] * xx + phase)  # (n, H, W)
+        x = 0.5 + contrast * colour[y][:, :, None, None] * (grating[:, None] - 0.5)
+        x = np.clip(x + noise * rng.standard_normal(x.shape), 0.0, 1.0)
+        return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+
+    x_tr, y_tr = split(n_train, rng_train)
+    x_te, y_te = split(n_test, rng_test)
+    log.warning("%s: data.synthetic=true: %d / %d synthetic %s images, no files read (not the real data)",
+                name, n_train, n_test, "x".join(map(str, shape)))
+    return Dataset(name, x_tr, y_tr, x_te, y_te, num_classes=num_classes)
 
 
 # --------------------------------------------------------------------------- regression data sets

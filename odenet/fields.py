@@ -108,7 +108,9 @@ class ConvField(nn.Module):
 
     ``depth`` convolutions of ``kernel`` (odd) with ``hidden`` channels in between, each
     optionally followed by GroupNorm (``groups`` groups); ``time="concat"`` adds t as an
-    extra input channel to every convolution (Chen et al.'s ODE-Net field).
+    extra input channel to every convolution. ``preact=True`` puts a norm and the activation
+    before the first convolution: with ``depth=2``, GroupNorm and ReLU this is Chen et al.'s
+    ODE-Net field (norm, ReLU, conv, norm, ReLU, conv, norm).
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class ConvField(nn.Module):
         time: TimeMode = "concat",
         groupnorm: bool = False,
         groups: int = 8,
+        preact: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("channels", channels), ("hidden", hidden), ("depth", depth), ("groups", groups)):
@@ -142,10 +145,17 @@ class ConvField(nn.Module):
         else:
             self.norms = nn.ModuleList(nn.Identity() for _ in widths[1:])
         self.act = make_activation(activation)
+        self.preact = preact
+        if preact:  # its own attribute, so the state_dict keys of preact=False stay as they were
+            if groupnorm and channels % min(groups, channels):
+                raise ValueError(f"groups={groups} must divide the state's {channels} channels (preact norm)")
+            self.pre_norm = nn.GroupNorm(min(groups, channels), channels) if groupnorm else nn.Identity()
 
     def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
         batch_shape = x.shape[:-3]
         x = x.reshape(-1, *x.shape[-3:])
+        if self.preact:
+            x = self.act(self.pre_norm(x))
         last = len(self.convs) - 1
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             if self.time == "concat":

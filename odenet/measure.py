@@ -29,6 +29,7 @@ from .analysis import (
     top_hessian_eigenvalue,
 )
 from .analysis._util import stack_times
+from .analysis.adaptive_steps import adaptive_steps
 from .blocks import ODEBlock, ResidualStack
 from .config import AnalysisConfig
 from .fields import DepthIndexedField
@@ -146,8 +147,21 @@ def after_training(
             return {"kinetic_energy": float(energy), "step_speeds": _floats(speeds)}
 
         out["trajectory"] = _measure(model, trajectory, "trajectory")
+    if cfg.adaptive_steps:
+        out["adaptive_steps"] = _measure(model, lambda: _adaptive_steps(model, x, cfg), "adaptive_steps")
     return out
 
 
+def _adaptive_steps(model: nn.Module, x: Tensor, cfg: AnalysisConfig) -> dict[str, Any]:
+    """The trained field re-solved by ``cfg.adaptive_solver`` (float64): its accepted steps, and the block's own."""
+    s = adaptive_steps(model, x, solver=cfg.adaptive_solver, rtol=cfg.adaptive_rtol, atol=cfg.adaptive_atol)
+    block = model.block  # type: ignore[attr-defined]
+    own = _floats(block.step_sizes) if isinstance(block, ResidualStack) else None
+    return {"solver": s.solver, "rtol": s.rtol, "atol": s.atol, "T": s.T, "step_sizes": s.sizes,
+            "step_starts": s.starts, "nfe": s.nfe, "steps_accepted": s.accepted, "steps_rejected": s.rejected,
+            "block_step_sizes": own}
+
+
 def enabled(cfg: AnalysisConfig) -> bool:
-    return any((cfg.gradients, cfg.landscape, cfg.interpolation, cfg.sharpness, cfg.depth, cfg.trajectory))
+    return any((cfg.gradients, cfg.landscape, cfg.interpolation, cfg.sharpness, cfg.depth, cfg.trajectory,
+                cfg.adaptive_steps))

@@ -1,29 +1,76 @@
-"""A classifier = stem (lift / augment) -> block (the integrated field) -> head."""
+"""A classifier = stem (lift / augment / downsample) -> block (the integrated field) -> head.
+
+Image models come in two stems: ``lift`` (a 3x3 conv to ``width`` channels at full resolution) and
+``downsample`` (Chen et al. 2018's MNIST ODE-Net: conv3x3, norm, ReLU, conv4x4 stride 2, norm, ReLU,
+conv4x4 stride 2, so the field runs at a quarter of the resolution), whose head is norm, ReLU,
+global average pooling and a linear layer. The ResNet and the ODE-Net on one field are the same
+model: only the block's integrator differs, so they have the same parameters.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .blocks import Block
 from .fields import Augment
 
+IMAGE_STEMS = ("lift", "downsample")
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+#: GroupNorm groups of the downsample stem and its head (Chen et al.'s ``norm(dim) = GroupNorm(min(32, dim), dim)``).
+NORM_GROUPS = 32
+DOWNSAMPLE_WIDTH = 64
+
+
+def amp_safe(block: nn.Module) -> bool:
+    """Whether ``block`` may run under autocast: every block but an adaptive (error-controlled) ``ODEBlock``
+    (or any module whose ``adaptive`` attribute is true).
+
+    An adaptive solver accepts a step when its error estimate is below ``atol + rtol |x|`` (1e-3 and
+    smaller); in bfloat16 (8 bits of mantissa, relative resolution 4e-3) or float16 (1e-3) the estimate is
+    rounding noise of that size, so step-size control degenerates (rejections, tiny steps, underflow).
+    """
+    return not bool(getattr(block, "adaptive", False))
+
 
 class Classifier(nn.Module):
-    """``head(block(stem(x)))``; ``with_solver`` swaps the block's integrator, sharing every weight."""
+    """``head(block(stem(x)))``; ``with_solver`` swaps the block's integrator, sharing every weight.
 
-    def __init__(self, stem: nn.Module, block: Block, head: nn.Module) -> None:
+    ``amp_dtype`` (``torch.bfloat16`` / ``torch.float16``, or None) runs the forward under ``torch.autocast``
+    on the input's device: the stem, the head and a fixed-step block's field evaluations in reduced
+    precision. The state between blocks is kept in float32 (a step adds ``h F`` to a float32 state), an
+    adaptive ODE block runs entirely in float32 (see :func:`amp_safe`), and the logits are float32.
+    """
+
+    def __init__(self, stem: nn.Module, block: Block, head: nn.Module, amp_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.stem, self.block, self.head = stem, block, head
+        self.amp_dtype = amp_dtype
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.block(self.stem(x)))
+        if self.amp_dtype is None:
+            return self.head(self.block(self.stem(x)))
+        device = x.device.type
+        with torch.autocast(device, dtype=self.amp_dtype):
+            z = self.stem(x).float()
+            if amp_safe(self.block):
+                z = self.block(z)
+            else:
+                with torch.autocast(device, enabled=False):
+                    z = self.block(z)
+            return self.head(z).float()
 
     def with_solver(self, solver: str, **options: Any) -> Classifier:
         """The same classifier (same stem, field and head objects) integrated with ``solver``."""
-        return Classifier(self.stem, self.block.with_solver(solver, **options), self.head)
+        return Classifier(self.stem, self.block.with_solver(solver, **options), self.head, self.amp_dtype)
+
+
+def group_norm(channels: int, groups: int = NORM_GROUPS) -> nn.GroupNorm:
+    """GroupNorm with ``groups`` groups, or the largest divisor of ``channels`` below it (``gcd``)."""
+    return nn.GroupNorm(math.gcd(groups, channels), channels)
 
 
 def vector_stem(in_features: int, width: int | None, augment: int) -> tuple[nn.Module, int]:
@@ -39,11 +86,33 @@ def vector_stem(in_features: int, width: int | None, augment: int) -> tuple[nn.M
     return nn.Sequential(*layers), dim
 
 
-def image_stem(in_channels: int, width: int | None, augment: int) -> tuple[nn.Module, int]:
-    """A 3x3 conv lift to ``width`` channels (if given) and channel zero padding; returns (stem, channels)."""
+def image_stem(
+    in_channels: int, width: int | None, augment: int, kind: str = "lift", groups: int = NORM_GROUPS
+) -> tuple[nn.Module, int]:
+    """An image stem and the state's channels; ANODE zero channels (``augment``) come after it.
+
+    ``lift``: a 3x3 conv to ``width`` channels (if given), same resolution. ``downsample``: Chen et al.'s
+    conv3x3 (no padding), norm, ReLU, conv4x4 stride 2, norm, ReLU, conv4x4 stride 2 to ``width`` (default
+    64) channels: 28x28 -> 6x6 (MNIST), 32x32 -> 7x7 (CIFAR-10). The norms are GroupNorm with ``groups``
+    groups (32: Chen et al.'s; keep several channels per group, e.g. 8 for 16 channels: one channel per
+    group is instance norm, which before the head's pooling erases most of what the state carries).
+    """
+    if kind not in IMAGE_STEMS:
+        raise ValueError(f"unknown model.stem={kind!r}; model.stem must be one of {list(IMAGE_STEMS)}")
     layers: list[nn.Module] = []
     channels = in_channels
-    if width is not None:
+    if kind == "downsample":
+        channels = DOWNSAMPLE_WIDTH if width is None else width
+        layers += [
+            nn.Conv2d(in_channels, channels, 3, 1),
+            group_norm(channels, groups),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 4, 2, 1),
+            group_norm(channels, groups),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 4, 2, 1),
+        ]
+    elif width is not None:
         layers.append(nn.Conv2d(in_channels, width, 3, padding=1))
         channels = width
     if augment:
@@ -56,13 +125,35 @@ def vector_head(dim: int, num_classes: int) -> nn.Module:
     return nn.Linear(dim, num_classes)
 
 
-def image_head(channels: int, num_classes: int) -> nn.Module:
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+def image_head(channels: int, num_classes: int, norm: bool = False, groups: int = NORM_GROUPS) -> nn.Module:
+    """Global average pooling and a linear layer; ``norm=True`` puts GroupNorm (``groups``) and ReLU first
+    (Chen et al.'s head)."""
+    layers: list[nn.Module] = [group_norm(channels, groups), nn.ReLU()] if norm else []
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
 
 
 def count_parameters(module: nn.Module) -> int:
     """Trainable parameters, each shared tensor counted once."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def parameter_breakdown(model: Classifier) -> dict[str, int]:
+    """Trainable parameters of the stem, the field, the rest of the block (learned step sizes), the head, in all."""
+    field = count_parameters(model.block.field)
+    return {
+        "stem": count_parameters(model.stem),
+        "field": field,
+        "block_other": count_parameters(model.block) - field,
+        "head": count_parameters(model.head),
+        "total": count_parameters(model),
+    }
+
+
+def format_parameters(breakdown: dict[str, int]) -> str:
+    """``stem 132,096 + field 75,392 + head 778 = 208,266 (0.21M)``."""
+    parts = [f"{k} {v:,}" for k, v in breakdown.items() if k != "total" and (v or k != "block_other")]
+    total = breakdown["total"]
+    return " + ".join(parts) + f" = {total:,} ({total / 1e6:.2f}M)"
 
 
 def flat_size(shape: tuple[int, ...]) -> int:

@@ -73,7 +73,8 @@ PlotFn = Callable[[list[Row]], Figure | None]
 DirPlotFn = Callable[[list[Row], Path], Figure | None]
 SectionFn = Callable[[list[Row], Path], list[str] | None]
 #: Modules imported by :func:`load_extensions` before a report is written; they register sections and plots.
-EXTENSIONS: list[str] = ["odenet.analysis.step_size", "odenet.analysis.smoothness_report"]
+EXTENSIONS: list[str] = ["odenet.analysis.step_size", "odenet.analysis.smoothness_report",
+                          "odenet.analysis.learned_steps_report"]
 
 
 class ReportError(RuntimeError):

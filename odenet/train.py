@@ -26,13 +26,14 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from . import measure
+from .accel import augment_images, compile_field, describe_precision, grad_scaler
 from .adaptation import StepSizeAdaptation
-from .blocks import ODEBlock, ResidualStack, SolverError
+from .blocks import Block, ODEBlock, ResidualStack, SolverError
 from .build import build_model, build_optimizer, check_config, eval_options
 from .config import Config
 from .data import Dataset, load_dataset
 from .io import atomic_write, write_csv, write_json
-from .models import Classifier, count_parameters
+from .models import Classifier, count_parameters, format_parameters, parameter_breakdown
 from .solvers import is_adaptive
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,31 @@ def _learned_step_sizes(model: Classifier) -> dict[str, float]:
     if isinstance(block, ResidualStack) and block.learn_steps:
         return {f"h_{k}": float(h) for k, h in enumerate(block.step_sizes.detach().cpu())}
     return {}
+
+
+def solver_columns(block: Block, nfe_forward: int) -> dict[str, Any]:
+    """``history.csv`` columns of one iteration's solve: NFE forward and backward, accepted and rejected steps
+    (forward, and backward for an adjoint solve) and, for an adaptive solver, the accepted step sizes in order
+    (space-separated). ``nfe_forward`` is read before the backward pass (an adjoint block's forward count
+    stays, but the adaptation check of the same iteration runs other solves)."""
+    stats = dict(block.stats)
+    columns: dict[str, Any] = {"nfe_forward": nfe_forward, "nfe_backward": stats.pop("nfe_backward", 0)}
+    stats.pop("nfe", None)
+    columns.update(stats)
+    if isinstance(block, ODEBlock) and block.adaptive:
+        columns["step_sizes"] = " ".join(f"{h:.6g}" for h in block.step_sizes.tolist())
+    return columns
+
+
+def backward(model: Classifier, loss: torch.Tensor) -> None:
+    """``loss.backward()``, with a failed adjoint solve (torchdiffeq asserts) turned into a ``SolverError``."""
+    try:
+        loss.backward()
+    except AssertionError as err:
+        block = model.block
+        if isinstance(block, ODEBlock):
+            raise block.solver_error(f"in the adjoint (backward) solve: {err}") from err
+        raise
 
 
 def loss_function(task: str) -> Callable[..., torch.Tensor]:
@@ -233,9 +259,11 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
     d = cfg.data
     data = load_dataset(
         d.name, root=d.root, n_train=d.n_train, n_test=d.n_test, seed=d.seed, dim=d.dim, noise=d.noise,
-        as_images=d.as_images,
+        as_images=d.as_images, synthetic=d.synthetic,
     )
     model = build_model(cfg, data.input_shape, data.num_classes).to(device)
+    if cfg.trainer.compile:
+        compile_field(model)  # in place: state_dict keys unchanged, shared by every with_solver block
     loss_fn = loss_function(data.task)
     regression = data.task == "regression"
     if regression and cfg.adaptation.enabled:
@@ -255,7 +283,8 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
     metrics: dict[str, Any] = {
         "status": "running", "reason": None, "seed": cfg.seed, "overrides": dict(overrides or {}),
         "task": data.task,
-        "train": {**_train_description(cfg, model), "iterations": total, "parameters": count_parameters(model)},
+        "train": {**_train_description(cfg, model), "iterations": total, "parameters": count_parameters(model),
+                  "parameter_breakdown": parameter_breakdown(model)},
         "evaluations": [],
     }
     log.info(
@@ -263,6 +292,9 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
         cfg.field.kind, d.name, len(data.x_train), len(data.x_test), cfg.block.kind, cfg.solver.name,
         metrics["train"]["parameters"], total, device,
     )
+    log.info("parameters: %s; precision: %s", format_parameters(metrics["train"]["parameter_breakdown"]),
+             describe_precision(model))
+    scaler = grad_scaler(model, device)  # a pass-through unless trainer.amp_dtype=float16
 
     history: list[dict[str, Any]] = []
     start, window = 0, {"loss": 0.0, "correct": 0, "seen": 0, "count": 0}
@@ -276,6 +308,8 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         start, history, window = int(state["iteration"]), list(state["history"]), dict(state["window"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         if adapter is not None and "adaptation" in state:
             adapter.load_state_dict(state["adaptation"])
             adapter.attach(model)
@@ -288,6 +322,7 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
             "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
             "history": history, "window": window,
             **({"adaptation": adapter.state_dict()} if adapter is not None else {}),
+            **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
         })
 
     def write_history() -> None:
@@ -295,6 +330,8 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
         if adapter is not None and adapter.decisions:
             write_csv(out_dir / "adaptation.csv", adapter.decisions)
 
+    weights = {name: getattr(cfg.regularization, name) for name in model.block.regularizers}
+    penalty_names = list(weights)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     t0 = time.perf_counter()
     bar = tqdm(
@@ -307,8 +344,11 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
         for it in bar:
             idx = sampler.next().to(device)
             xb, yb = x_train[idx], y_train[idx]
+            xb = augment_images(xb, cfg.data.augment, cfg.data.crop_padding)  # on the device; "none": xb itself
             logits = model(xb)
-            loss = loss_fn(logits, yb)
+            task_loss = loss_fn(logits, yb)
+            penalties = model.block.regularization  # integrated alongside the state (empty when unweighted)
+            loss = task_loss + sum(weights[name] * value for name, value in penalties.items())
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"the training loss became {float(loss.detach())} at iteration {it + 1}: lower optimizer.lr "
@@ -316,13 +356,16 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
                 )
             nfe_forward = model.block.nfe
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            backward(model, scaler.scale(loss))
             if adapter is not None:  # before the update: the check sees the weights that gave these logits
                 adapter.on_iteration(it + 1, model, xb, yb, logits, nfe_forward)
-            optimizer.step()
+            scaler.step(optimizer)  # optimizer.step() (float16: unscaled, skipped on inf/nan gradients)
+            scaler.update()
             if scheduler is not None:
                 scheduler.step()
-            window["loss"] += float(loss.detach()) * len(idx)
+            window["loss"] += float(task_loss.detach()) * len(idx)
+            for name, value in penalties.items():
+                window[name] = window.get(name, 0.0) + float(value.detach())
             if not regression:
                 window["correct"] += int((logits.argmax(-1) == yb).sum())
             window["seen"] += len(idx)
@@ -334,8 +377,8 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
                     "epoch": round(done * sampler.batch_size / len(x_train), 4),
                     "loss": window["loss"] / window["seen"],
                     "accuracy": None if regression else window["correct"] / window["seen"],
-                    "nfe_forward": nfe_forward,
-                    "nfe_backward": model.block.nfe_backward,
+                    **solver_columns(model.block, nfe_forward),
+                    **{name: window[name] / window["count"] for name in penalty_names},
                     "lr": optimizer.param_groups[0]["lr"],
                     "seconds": round(time.perf_counter() - t0, 3),
                     **(adapter.history_columns() if adapter is not None else {}),
@@ -383,7 +426,7 @@ def load_model(run_dir: Path, cfg: Config | None = None, device: str = "cpu") ->
         cfg = OmegaConf.merge(OmegaConf.structured(Schema), OmegaConf.load(run_dir / "config.yaml"))  # type: ignore[assignment]
     d = cfg.data
     data = load_dataset(d.name, root=d.root, n_train=8, n_test=8, seed=d.seed, dim=d.dim, noise=d.noise,
-                        as_images=d.as_images)
+                        as_images=d.as_images, synthetic=d.synthetic)
     model = build_model(cfg, data.input_shape, data.num_classes)
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location=device, weights_only=True))
     metrics_path = run_dir / "metrics.json"

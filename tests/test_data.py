@@ -55,7 +55,7 @@ def test_register_dataset_passes_every_option_and_refuses_duplicates():
     try:
         d = load_dataset("_test_dummy", root="r", n_train=3, n_test=4, seed=5, dim=6, noise=0.1, as_images=True)
         assert d.input_shape == (1,)
-        assert seen == dict(root="r", n_train=3, n_test=4, seed=5, dim=6, noise=0.1, as_images=True)
+        assert seen == dict(root="r", n_train=3, n_test=4, seed=5, dim=6, noise=0.1, as_images=True, synthetic=False)
         with pytest.raises(ValueError, match="already registered"):
             register_dataset("_test_dummy")(dummy)
     finally:

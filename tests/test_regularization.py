@@ -7,12 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import CountingField, LinearField
 from torch import Tensor, nn
 
 from odenet import ODEBlock, RegularizedDynamics, ResidualStack
 from odenet.regularization import hutchinson_noise
-
-from conftest import CountingField, LinearField
 
 DTYPE = torch.float64
 
@@ -74,7 +73,7 @@ def test_linear_field_kinetic_energy_matches_the_exact_integral_and_converges_at
         for n in (8, 16, 32):
             stack = ResidualStack(LinearField(A), steps=n, T=T, scheme=scheme, regularizers=["kinetic"])
             stack(x0)
-            errors.append(float((stack.regularization["kinetic"] - exact).abs()))
+            errors.append(float((stack.regularization["kinetic"].detach() - exact).abs()))
         observed = np.polyfit(np.log([8, 16, 32]), np.log(errors), 1)[0]
         assert abs(-observed - order) < 0.3, (scheme, errors)
 
@@ -200,3 +199,40 @@ def test_image_states_are_regularised_too():
     assert block.regularization["kinetic"].shape == () and float(block.regularization["kinetic"]) > 0
     (block.regularization["jacobian"] + out.sum()).backward()
     assert all(p.grad is not None for p in field.parameters())
+
+
+def test_runner_adds_weighted_penalties_and_logs_them_with_solver_statistics(tmp_path):
+    import csv
+
+    from odenet.config import load_config
+    from odenet.train import train_and_evaluate
+
+    cfg = load_config([
+        "+debug=smoke", "block=ode", "solver=dopri5", "solver.adjoint=true", "threads=1", "trainer.log_every=1",
+        "regularization.kinetic=0.1", "regularization.jacobian=0.1", "regularization.noise=rademacher",
+        "evaluation=none",
+    ])
+    metrics = train_and_evaluate(cfg, tmp_path)
+    assert metrics["status"] == "ok"
+    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert len(rows) == cfg.trainer.iterations  # one row per iteration
+    for row in rows:
+        assert float(row["kinetic"]) > 0 and float(row["jacobian"]) > 0
+        accepted, rejected = int(row["steps_accepted"]), int(row["steps_rejected"])
+        assert int(row["nfe_forward"]) == 2 + 6 * (accepted + rejected)
+        assert int(row["nfe_backward"]) == 2 + 6 * (
+            int(row["steps_accepted_backward"]) + int(row["steps_rejected_backward"]))
+        steps = [float(h) for h in row["step_sizes"].split()]
+        assert len(steps) == accepted and abs(sum(steps) - cfg.block.T) < 1e-5
+
+
+def test_runner_refuses_bad_regularization_settings():
+    from odenet.build import build_model
+    from odenet.config import load_config
+
+    with pytest.raises(ValueError, match="regularization.kinetic is a penalty weight"):
+        build_model(load_config(["regularization.kinetic=-1"]), (2,), 3)
+    with pytest.raises(ValueError, match="regularization.noise"):
+        build_model(load_config(["regularization.jacobian=1", "regularization.noise=sobol"]), (2,), 3)
+    with pytest.raises(ValueError, match="block=plain"):
+        build_model(load_config(["block=plain", "regularization.kinetic=1"]), (2,), 3)

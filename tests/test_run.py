@@ -164,7 +164,7 @@ def test_ode_block_training_reports_backward_nfe_with_adjoint(tmp_path):
 
 def test_mnist_without_root_names_data_root(tmp_path):
     with pytest.raises(ValueError, match="data.root"):
-        train_and_evaluate(smoke_config("data=mnist", "field=conv"), tmp_path)
+        train_and_evaluate(smoke_config("data=mnist", "field=conv", "data.synthetic=false"), tmp_path)
 
 
 # --- the command line ---------------------------------------------------------------------------

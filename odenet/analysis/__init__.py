@@ -7,6 +7,7 @@ step map, decision regions in the plane) also registers report sections and a pl
 sections and plots, read from ``metrics.json["analysis"]`` as written by :mod:`odenet.measure`).
 """
 
+from .adaptive_steps import AdaptiveSteps, adaptive_steps, concentration, local_step_sizes, step_shares
 from .depth import DepthSmoothness, PowerLawFit, depth_increments, depth_smoothness, loglog_slope
 from .gradients import StateGradients, gradient_norms, state_gradients
 from .landscape import (
@@ -35,6 +36,11 @@ from .step_size import (
 from .trajectory import kinetic_energy, step_speeds
 
 __all__ = [
+    "AdaptiveSteps",
+    "adaptive_steps",
+    "concentration",
+    "local_step_sizes",
+    "step_shares",
     "CriticalStepSize",
     "Direction",
     "DepthSmoothness",

@@ -43,7 +43,7 @@ def image_config(experiment: str = "mnist_odenet", integrator: str = "euler_2", 
 # --- the model family ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("integrator", ["euler_2", "euler_8", "dopri5", "dopri5_adjoint"])
+@pytest.mark.parametrize("integrator", ["euler_8", "dopri5_adjoint"])
 def test_resnet_and_odenet_are_one_model_with_chen_parameter_counts(integrator):
     cfg = image_config("mnist_odenet", integrator)
     check_config(cfg)
@@ -238,7 +238,8 @@ def test_mnist_odenet_smoke_sweep(smoke_sweep):
         mine = [r for r in rows if r["integrator"] == integrator]
         tested = {(r["test_solver"], r["test_steps"]) for r in mine}
         assert {("euler", str(n)) for n in (1, 2, 4, 8, 16)} | {("rk4", "4"), ("dopri5", "")} == tested
-        assert len([r for r in mine if r["test_solver"] == "dopri5" and r["is_train_solver"] == "False"]) == 2
+        (reference,) = [r for r in mine if r["test_solver"] == "dopri5" and r["is_train_solver"] == "False"]
+        assert float(reference["rtol"]) == 1e-5
     runs = [json.loads(p.read_text()) for p in sweep.rglob("metrics.json")]
     assert len(runs) == len(SWEPT)
     assert all(m["train"]["parameter_breakdown"] == CHEN_MNIST for m in runs)  # step size is all that changes

@@ -184,7 +184,13 @@ def test_cli_unknown_dataset_fails_listing_valid_names(tmp_path):
     assert "data.name must be one of" in proc.stderr
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+# cifar10_odenet's smoke sweep repeats mnist_odenet's (same model and integrators on 3x32x32 synthetic images,
+# ~20 s): run with -m slow; tests/test_images.py trains its model in-process on CIFAR files it writes.
+SLOW_SWEEPS = {"cifar10_odenet"}
+SWEEPS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SWEEPS else n for n in EXPERIMENTS]
+
+
+@pytest.mark.parametrize("name", SWEEPS)
 def test_experiment_end_to_end_with_joblib(smoke_sweep, name):
     proc, sweep = smoke_sweep(name)
     assert proc.returncode == 0, proc.stderr[-3000:]

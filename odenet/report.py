@@ -74,7 +74,7 @@ DirPlotFn = Callable[[list[Row], Path], Figure | None]
 SectionFn = Callable[[list[Row], Path], list[str] | None]
 #: Modules imported by :func:`load_extensions` before a report is written; they register sections and plots.
 EXTENSIONS: list[str] = ["odenet.analysis.step_size", "odenet.analysis.smoothness_report",
-                          "odenet.analysis.learned_steps_report"]
+                          "odenet.analysis.learned_steps_report", "odenet.analysis.dynamics_report"]
 
 
 class ReportError(RuntimeError):

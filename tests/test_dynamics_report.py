@@ -1,0 +1,204 @@
+"""The augmentation and regularization experiments (smoke sweeps end to end) and odenet.analysis.dynamics_report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from odenet.analysis import dynamics_report as dyn
+from odenet.blocks import ODEBlock, ResidualStack
+from odenet.config import load_config
+from odenet.models import Classifier
+from odenet.report import MAX_PNG_BYTES, collect
+from odenet.train import load_model, train_and_evaluate
+
+SMOKE = ["+debug=smoke", "trainer.progress=false"]
+
+
+def _histories(sweep: Path) -> dict[Path, list[dict[str, str]]]:
+    out = {}
+    for path in sorted(sweep.rglob("history.csv")):
+        with path.open(newline="") as f:
+            out[path.parent] = list(csv.DictReader(f))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- smoke sweeps
+
+
+def test_augmentation_smoke_sweep(smoke_sweep):
+    proc, sweep = smoke_sweep("augmentation")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    histories = _histories(sweep)
+    assert len(histories) == 4  # node, anode, resnet_32, resnet_1 (the smoke sweep fixes seed=0)
+    states = {}
+    for run, history in histories.items():
+        model = load_model(run)
+        x = torch.zeros(3, 2)
+        states[type(model.block).__name__, getattr(model.block, "steps", None), model.stem(x).shape[1]] = run
+        assert [int(r["iteration"]) for r in history] == [2, 4, 6]  # trainer.log_every=2
+        nfe = [int(r["nfe_forward"]) for r in history]
+        if isinstance(model.block, ODEBlock):
+            assert all(n >= 14 for n in nfe) and history[0]["steps_accepted"]  # dopri5: >= 2 steps of 6 + 2
+        else:
+            assert nfe == [model.block.steps] * 3
+    # NODE and the ResNets integrate the 2-D input itself; ANODE one more (zero) dimension
+    assert set(states) == {("ODEBlock", None, 2), ("ODEBlock", None, 3), ("ResidualStack", 1, 2),
+                           ("ResidualStack", 32, 2)}
+    text = (sweep / "report.md").read_text()
+    assert "## Dynamics: accuracy and NFE" in text and "## Topology on concentric spheres (2-D)" in text
+    for label in ("| NODE (dopri5) | 1 |", "| ANODE +1 (dopri5) | 1 |", "| ResNet N=1 (h=1) | 1 |",
+                  "| ResNet N=32 (h=1/32) | 1 |"):
+        assert text.count(label) == 2, label  # one row in each section
+    assert "## Kinetic energy and Jacobian after training" not in text  # nothing penalised here
+    for png in ("nfe_over_training.png", "flows.png"):
+        assert 0 < (sweep / png).stat().st_size <= MAX_PNG_BYTES
+
+
+def test_regularization_smoke_sweep(smoke_sweep):
+    proc, sweep = smoke_sweep("regularization")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    histories = _histories(sweep)
+    assert len(histories) == 4  # {sphere2, digits} x {kinetic_jacobian, none}
+    seen = set()
+    for run, history in histories.items():
+        metrics = json.loads((run / "metrics.json").read_text())
+        cfg = OmegaConf.load(run / "config.yaml")
+        penalised = cfg.regularization.kinetic > 0
+        seen.add((cfg.data.name, penalised))
+        assert metrics["train"]["solver"] == "dopri5" and metrics["train"]["block"] == "ode"
+        assert all(int(r["nfe_forward"]) >= 14 and r["nfe_backward"] == "0" for r in history)  # direct backprop
+        if penalised:
+            assert cfg.regularization.jacobian == 0.01 and cfg.regularization.kinetic == 0.01
+            values = [float(r[p]) for r in history for p in ("kinetic", "jacobian")]
+            assert all(math.isfinite(v) and v > 0 for v in values)
+        else:
+            assert "kinetic" not in history[0] and "jacobian" not in history[0]
+        assert [e["test_solver"] for e in metrics["evaluations"]] == ["dopri5", "dopri5"]
+        assert metrics["evaluations"][1]["rtol"] == 1e-6
+    assert seen == {("sphere2", True), ("sphere2", False), ("digits", True), ("digits", False)}
+    text = (sweep / "report.md").read_text()
+    assert "## Dynamics: accuracy and NFE" in text and "## Kinetic energy and Jacobian after training" in text
+    assert "### sphere2" in text and "### digits" in text
+    assert "| ANODE +1 (dopri5), kinetic 0.01, jacobian 0.01 | 1 |" in text  # sphere2: Ott's augmented model
+    assert "| NODE (dopri5), kinetic 0.01, jacobian 0.01 | 1 |" in text  # digits
+    assert "kinetic (last 10 %)" in text and "## Topology" not in text
+    for png in ("nfe_over_training.png", "flows.png"):  # flows: the sphere2 models (digits is 64-D)
+        assert 0 < (sweep / png).stat().st_size <= MAX_PNG_BYTES
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def test_model_labels_name_the_architecture_and_the_penalties():
+    def label(*overrides: str) -> str:
+        return dyn.model_label(load_config(list(overrides)))
+
+    assert label("+experiment=augmentation", "+flow_model=node") == "NODE (dopri5)"
+    assert label("+experiment=augmentation", "+flow_model=anode") == "ANODE +1 (dopri5)"
+    assert label("+experiment=augmentation", "+flow_model=resnet_32") == "ResNet N=32 (h=1/32)"
+    assert label("+experiment=regularization", "+reg_task=digits", "+penalty=kinetic_jacobian",
+                 "solver.adjoint=true") == "NODE (dopri5, adjoint), kinetic 0.01, jacobian 0.01"
+    assert label("block=ode", "solver=euler", "solver.steps=4") == "NODE (euler N=4)"
+    assert label("block=plain", "solver.steps=4", "regularization.kinetic=0") == "plain net N=4 (h=1/4)"
+
+
+def test_mean_curve_averages_the_iterations_every_run_logged():
+    a = [{"iteration": "10", "nfe_forward": "20"}, {"iteration": "20", "nfe_forward": "26"},
+         {"iteration": "30", "nfe_forward": "32"}]
+    b = [{"iteration": "10", "nfe_forward": "14"}, {"iteration": "20", "nfe_forward": ""},
+         {"iteration": "30", "nfe_forward": "38"}]
+    it, mean, (lo, hi) = dyn.mean_curve([a, b], "nfe_forward")
+    assert it.tolist() == [10, 30]  # run b has no value at 20
+    assert mean.tolist() == [17, 35] and lo.tolist() == [14, 32] and hi.tolist() == [20, 38]
+    assert dyn.mean_curve([a], "nfe_backward") is None
+    assert dyn.history_means(a, "nfe_forward", tail=0.34) == (pytest.approx(26), pytest.approx(29))
+    assert dyn.history_means(a, "kinetic") is None
+    assert dyn.first_below(a, "nfe_forward", 30) == 10 and dyn.first_below(b, "nfe_forward", 20) == 10
+    assert dyn.first_below(a, "nfe_forward", 20) is None  # never strictly below
+
+
+class _Rule(nn.Module):
+    """Class 1 where ``rule(x)``: a stand-in classifier for region_errors."""
+
+    def __init__(self, rule) -> None:
+        super().__init__()
+        self.rule = rule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        one = self.rule(x).float()
+        return torch.stack([1 - one, one], dim=1)
+
+
+def test_region_errors_measure_the_misclassified_area():
+    radial = dyn.region_errors(_Rule(lambda x: x.norm(dim=1) > 0.75), n=4000)
+    assert radial == {"disk_as_outer": 0.0, "annulus_as_inner": 0.0}  # g(x) itself
+    half = dyn.region_errors(_Rule(lambda x: x[:, 0] > 0), n=4000)  # a linear classifier on the plane
+    assert half["disk_as_outer"] == pytest.approx(0.5, abs=0.03)
+    assert half["annulus_as_inner"] == pytest.approx(0.5, abs=0.03)
+    pts = dyn.uniform_ball_shell(4000, 1.0, 1.5)
+    assert 1.0 <= float(pts.norm(dim=1).min()) and float(pts.norm(dim=1).max()) <= 1.5
+    # uniform in area: the share inside r < 1.25 is (1.25² - 1) / (1.5² - 1) = 0.45
+    assert float((pts.norm(dim=1) < 1.25).float().mean()) == pytest.approx(0.45, abs=0.03)
+
+
+class _Constant(nn.Module):
+    def __init__(self, c: torch.Tensor) -> None:
+        super().__init__()
+        self.c = nn.Parameter(c)
+
+    def forward(self, t, x):
+        return self.c.expand_as(x)
+
+
+class _Linear(nn.Module):
+    def __init__(self, a: float) -> None:
+        super().__init__()
+        self.a = a
+
+    def forward(self, t, x):
+        return self.a * x
+
+
+def test_measure_penalties_integrates_kinetic_energy_and_jacobian_with_the_blocks_solver():
+    c = torch.tensor([0.6, -0.8, 2.0])
+    for block in (ODEBlock(_Constant(c), T=2.0), ResidualStack(_Constant(c), steps=3, T=2.0)):
+        model = Classifier(nn.Identity(), block, nn.Identity()).eval()
+        x = torch.randn(5, 3)
+        state = torch.random.get_rng_state()
+        values = dyn.measure_penalties(model, x)
+        assert values["kinetic"] == pytest.approx(2.0 * float(c.pow(2).sum()), rel=1e-5)  # T ||c||^2
+        assert values["jacobian"] == 0.0  # F does not depend on x
+        assert not model.training and torch.equal(torch.random.get_rng_state(), state)
+        assert model.block is block and not block.regularizers  # the model's own block untouched
+    # F = a x: ||dF/dx||_F^2 = a^2 d exactly in expectation; Hutchinson with 4000 probes within 5 %
+    model = Classifier(nn.Identity(), ODEBlock(_Linear(0.5), rtol=1e-7, atol=1e-9), nn.Identity())  # tolerances kept
+    values = dyn.measure_penalties(model, torch.ones(4000, 2))
+    assert values["jacobian"] == pytest.approx(0.25 * 2, rel=0.05)
+    x0 = torch.ones(2)  # x(t) = e^{t/2} x0: int_0^1 ||x/2||^2 dt = ||x0||^2 (e - 1) / 4
+    assert values["kinetic"] == pytest.approx(float(x0.pow(2).sum()) * (math.e - 1) / 4, rel=1e-5)
+
+
+def test_sections_skip_a_sweep_without_their_data(tmp_path):
+    """A fixed-step, unpenalised run on sphere2: no dynamics, penalties or topology section, no plots; its
+    dopri5-trained twin gets the dynamics section and both plots (2-D inputs, two classes)."""
+    run = tmp_path / "run"
+    train_and_evaluate(load_config([*SMOKE, "evaluation=none"]), run)
+    rows = collect(tmp_path)
+    assert dyn.dynamics_section(rows, tmp_path) is None
+    assert dyn.nfe_over_training_plot(rows, tmp_path) is None
+    assert dyn.penalties_section(rows, tmp_path) is None
+    assert dyn.topology_section(rows, tmp_path) is None
+    assert dyn.flows_plot(rows, tmp_path) is None
+    train_and_evaluate(load_config([*SMOKE, "evaluation=none", "block=ode", "solver=dopri5"]), tmp_path / "ode")
+    rows = collect(tmp_path)
+    assert "| NODE (dopri5) | 1 |" in "\n".join(dyn.dynamics_section(rows, tmp_path))
+    assert dyn.nfe_over_training_plot(rows, tmp_path) is not None and dyn.flows_plot(rows, tmp_path) is not None
+    assert dyn.penalties_section(rows, tmp_path) is None and dyn.topology_section(rows, tmp_path) is None

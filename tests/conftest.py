@@ -100,6 +100,16 @@ def x64() -> Tensor:
     return torch.randn(5, 4, generator=g, dtype=torch.float64)
 
 
+# Smoke sweeps run only in the slow step (`pytest -m slow`), to keep the default suite short: each repeats
+# machinery the default suite covers with other experiments (cifar10_odenet: mnist_odenet's model on 3x32x32).
+SLOW_SWEEPS = {"cifar10_odenet", "degradation", "depth_smoothness"}
+
+
+def sweep_params(names):
+    """``names`` as pytest parameters, those in ``SLOW_SWEEPS`` marked ``slow``."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SWEEPS else n for n in names]
+
+
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory):
     """``smoke_sweep(name) -> (process, sweep_dir)``: ``+experiment=name +debug=smoke seed=0`` run once per session.

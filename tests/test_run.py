@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import sweep_params
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
@@ -184,10 +185,9 @@ def test_cli_unknown_dataset_fails_listing_valid_names(tmp_path):
     assert "data.name must be one of" in proc.stderr
 
 
-# cifar10_odenet's smoke sweep repeats mnist_odenet's (same model and integrators on 3x32x32 synthetic images,
-# ~20 s): run with -m slow; tests/test_images.py trains its model in-process on CIFAR files it writes.
-SLOW_SWEEPS = {"cifar10_odenet"}
-SWEEPS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SWEEPS else n for n in EXPERIMENTS]
+# Some smoke sweeps run only with -m slow (conftest.SLOW_SWEEPS); tests/test_images.py trains the cifar10 model
+# in-process on CIFAR files it writes.
+SWEEPS = sweep_params(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", SWEEPS)

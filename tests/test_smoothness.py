@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import sweep_params
 from omegaconf import OmegaConf
 
 from odenet.analysis.depth import loglog_slope
@@ -123,7 +124,7 @@ EXPECTED = {  # jobs (the smoke sweep fixes seed=0), report heading, plots
 }
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sweep_params(sorted(EXPECTED)))
 def test_smoothness_experiment_smoke(smoke_sweep, name):
     jobs, heading, pngs = EXPECTED[name]
     proc, sweep = smoke_sweep(name)
@@ -137,6 +138,7 @@ def test_smoothness_experiment_smoke(smoke_sweep, name):
         assert (sweep / png).is_file() and (sweep / png).stat().st_size < 300_000
 
 
+@pytest.mark.slow
 def test_depth_smoothness_smoke_covers_both_tasks(smoke_sweep):
     proc, sweep = smoke_sweep("depth_smoothness")
     assert proc.returncode == 0, proc.stderr[-3000:]

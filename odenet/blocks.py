@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -323,7 +324,13 @@ class _AdaptiveCountingField(_CountingField):
         self.rejected_backward += 1
 
 
-_ODE_ONLY_OPTIONS = {"rtol", "atol", "adjoint", "step_size", "max_steps", "min_step", "max_step"}
+def _state_rms_norm(z: Tensor, channels: int) -> Tensor:
+    """torchdiffeq's RMS error norm over the state columns of an augmented ``[x, penalties]`` state."""
+    return z[..., :-channels].pow(2).mean().sqrt()
+
+
+_ODE_ONLY_OPTIONS = {"rtol", "atol", "adjoint", "step_size", "max_steps", "min_step", "max_step",
+                     "penalty_error_control"}
 
 
 class ODEBlock(Block):
@@ -335,7 +342,8 @@ class ODEBlock(Block):
     ``step_size``. ``nfe`` counts every field evaluation of the last forward, ``nfe_backward``
     those of the adjoint solve that followed it; ``stats`` adds accepted and rejected steps of both.
     ``regularizers`` (``kinetic``, ``jacobian``) are integrated alongside the state while training
-    (see ``Block.regularization``).
+    (see ``Block.regularization``); with ``penalty_error_control=False`` an adaptive solver's error norm
+    covers the state alone, so the penalty channels ride on the steps the state needs.
     """
 
     def __init__(
@@ -352,10 +360,12 @@ class ODEBlock(Block):
         max_step: float = math.inf,
         regularizers: Sequence[str] = (),
         noise: str = "gaussian",
+        penalty_error_control: bool = True,
     ) -> None:
         super().__init__()
         _check_field(field)
         self._init_regularizers(regularizers, noise)
+        self.penalty_error_control = bool(penalty_error_control)
         self.T = _check_T(T)
         if solver not in ADAPTIVE_SOLVERS and solver not in TORCHDIFFEQ_FIXED:
             raise ValueError(
@@ -389,6 +399,7 @@ class ODEBlock(Block):
             "step_size": self.step_size, "max_steps": self.max_steps,
             "min_step": self.min_step, "max_step": self.max_step,
             "regularizers": self.regularizers, "noise": self.noise,
+            "penalty_error_control": self.penalty_error_control,
         }
 
     def extra_repr(self) -> str:
@@ -449,9 +460,10 @@ class ODEBlock(Block):
             x, field = dynamics.augment(x), dynamics
         counter = _AdaptiveCountingField(field, times[-1]) if self.adaptive else _CountingField(field)
         self._counter = counter
-        kwargs: dict[str, Any] = dict(
-            rtol=self.rtol, atol=self.atol, method=self.solver, options=self._torchdiffeq_options()
-        )
+        options = self._torchdiffeq_options()
+        if dynamics is not None and self.adaptive and not self.penalty_error_control:
+            options["norm"] = partial(_state_rms_norm, channels=len(dynamics.regularizers))
+        kwargs: dict[str, Any] = dict(rtol=self.rtol, atol=self.atol, method=self.solver, options=options)
         try:
             if self.adjoint:
                 params = tuple(p for p in self.field.parameters() if p.requires_grad)

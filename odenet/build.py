@@ -133,6 +133,8 @@ def block_options(cfg: Config) -> tuple[str, dict[str, Any]]:
     if is_adaptive(s.name):
         if kind in ("plain", "learned_steps"):
             raise ValueError(f"block.kind={kind} is a discrete stack: use a fixed solver.name from {sorted(SCHEMES)}")
+        if penalties:
+            reg["penalty_error_control"] = cfg.regularization.error_control
         return s.name, dict(rtol=s.rtol, atol=s.atol, adjoint=s.adjoint, max_steps=s.max_steps, **reg)
     if s.steps is None or s.steps < 1:
         raise ValueError(f"solver.name={s.name} is fixed-step: solver.steps must be an integer >= 1, got {s.steps}")

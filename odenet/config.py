@@ -157,6 +157,7 @@ class RegularizationConfig:
     kinetic: float = 0.0
     jacobian: float = 0.0
     noise: str = "gaussian"  # gaussian | rademacher
+    error_control: bool = True  # adaptive solvers: the penalty channels count in the error norm (false: state only)
 
 
 @dataclass

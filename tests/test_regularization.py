@@ -196,7 +196,7 @@ def test_image_states_are_regularised_too():
     x = torch.randn(2, 4, 6, 6)
     out = block(x)
     assert out.shape == x.shape
-    assert block.regularization["kinetic"].shape == () and float(block.regularization["kinetic"]) > 0
+    assert block.regularization["kinetic"].shape == () and float(block.regularization["kinetic"].detach()) > 0
     (block.regularization["jacobian"] + out.sum()).backward()
     assert all(p.grad is not None for p in field.parameters())
 
@@ -236,3 +236,22 @@ def test_runner_refuses_bad_regularization_settings():
         build_model(load_config(["regularization.jacobian=1", "regularization.noise=sobol"]), (2,), 3)
     with pytest.raises(ValueError, match="block=plain"):
         build_model(load_config(["block=plain", "regularization.kinetic=1"]), (2,), 3)
+
+
+def test_penalties_can_be_left_out_of_the_error_control():
+    """With ``penalty_error_control=False`` dopri5 takes exactly the steps of the unpenalised solve (its error
+    norm sees the state alone), and the integrals are still accurate to the solver's order."""
+    A = _A(seed=5)
+    x0 = torch.randn(8, 3, generator=torch.Generator().manual_seed(2), dtype=DTYPE)
+    plain = ODEBlock(LinearField(A), rtol=1e-4, atol=1e-6)
+    plain(x0)
+    free = ODEBlock(LinearField(A), rtol=1e-4, atol=1e-6, regularizers=["kinetic"], penalty_error_control=False)
+    controlled = ODEBlock(LinearField(A), rtol=1e-4, atol=1e-6, regularizers=["kinetic"])
+    out = free(x0)
+    controlled(x0)
+    torch.testing.assert_close(free.step_sizes, plain.step_sizes)
+    assert free.nfe == plain.nfe < controlled.nfe
+    torch.testing.assert_close(out, plain(x0))
+    exact = _exact_kinetic(A, x0, 1.0).mean()
+    torch.testing.assert_close(free.regularization["kinetic"].detach(), exact, rtol=1e-3, atol=0)
+    assert free.with_solver("dopri5", rtol=1e-6).penalty_error_control is False

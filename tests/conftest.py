@@ -101,8 +101,9 @@ def x64() -> Tensor:
 
 
 # Smoke sweeps run only in the slow step (`pytest -m slow`), to keep the default suite short: each repeats
-# machinery the default suite covers with other experiments (cifar10_odenet: mnist_odenet's model on 3x32x32).
-SLOW_SWEEPS = {"cifar10_odenet", "degradation", "depth_smoothness"}
+# machinery the default suite covers with other experiments or in-process tests (the image models train in
+# tests/test_images.py on files the tests write; the dynamics report has unit tests).
+SLOW_SWEEPS = {"augmentation", "cifar10_odenet", "degradation", "depth_smoothness", "mnist_odenet"}
 
 
 def sweep_params(names):

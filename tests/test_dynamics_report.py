@@ -33,6 +33,7 @@ def _histories(sweep: Path) -> dict[Path, list[dict[str, str]]]:
 # ---------------------------------------------------------------------------------------------- smoke sweeps
 
 
+@pytest.mark.slow
 def test_augmentation_smoke_sweep(smoke_sweep):
     proc, sweep = smoke_sweep("augmentation")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -227,6 +227,7 @@ def test_smoke_training_on_synthetic_images_learns(tmp_path):
     assert metrics["evaluations"][0]["accuracy"] > 0.3
 
 
+@pytest.mark.slow
 def test_mnist_odenet_smoke_sweep(smoke_sweep):
     """``+experiment=mnist_odenet +debug=smoke``: the six integrators on synthetic images, one shared model."""
     proc, sweep = smoke_sweep("mnist_odenet")

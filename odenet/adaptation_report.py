@@ -14,7 +14,6 @@ reported apart, as a fraction of the training forward NFE.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from .io import read_csv
 from .report import MAX_PNG_BYTES, Stats, fmt_h, save_figure, stats
 
 __all__ = ["load_adapted_runs", "load_grid", "adaptation_tables", "plot_adaptation", "main"]
@@ -38,13 +38,6 @@ def _num(value: Any) -> float | None:
         return None
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def load_adapted_runs(root: str | Path) -> list[dict[str, Any]]:
     """One dict per finished adapted run under ``root``: seed, summary, evaluations, history, decisions."""
     runs = []
@@ -53,7 +46,7 @@ def load_adapted_runs(root: str | Path) -> list[dict[str, Any]]:
         adaptation = (metrics.get("train") or {}).get("adaptation")
         if metrics.get("status") != "ok" or not adaptation:
             continue
-        history = _read_csv(path.parent / "history.csv")
+        history = read_csv(path.parent / "history.csv")
         runs.append({
             "run_dir": path.parent,
             "seed": metrics.get("seed"),
@@ -63,7 +56,7 @@ def load_adapted_runs(root: str | Path) -> list[dict[str, Any]]:
                 for ev in metrics.get("evaluations") or [] if ev.get("status") == "ok"
             },
             "history": history,
-            "decisions": _read_csv(path.parent / "adaptation.csv"),
+            "decisions": read_csv(path.parent / "adaptation.csv"),
             "seconds": _num(history[-1].get("seconds")) if history else None,
         })
     runs.sort(key=lambda r: (r["seed"] is None, r["seed"]))
@@ -84,7 +77,7 @@ def load_grid(path: str | Path) -> Grid:
     if p.is_dir():
         p = p / "summary.csv"
     grid: Grid = {}
-    for r in _read_csv(p):
+    for r in read_csv(p):
         n, acc = _num(r.get("train_steps")), _num(r.get("accuracy"))
         if acc is None or r.get("status") != "ok":
             continue

@@ -26,6 +26,15 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False)
         raise
 
 
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file as dicts of strings (``[]`` when the file is missing or unreadable)."""
+    try:
+        with Path(path).open(newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError:
+        return []
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     atomic_write(path, lambda f: json.dump(obj, f, indent=2, allow_nan=True))

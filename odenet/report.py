@@ -245,6 +245,16 @@ def stats(values: Iterable[float | None]) -> Stats | None:
     return Stats(statistics.fmean(vals), std, min(vals), max(vals), len(vals))
 
 
+def mean_std(values: Iterable[float | None], fmt: str = "{:.4f}") -> str:
+    """``"mean ± std"`` of the finite values in ``fmt`` (one value alone, ``–`` if none); the std drops a ``+`` sign."""
+    s = stats(values)
+    if s is None:
+        return "–"
+    if s.std is None:
+        return fmt.format(s.mean)
+    return f"{fmt.format(s.mean)} ± {fmt.replace('+', '').format(s.std)}"
+
+
 def _sort_value(value: Any) -> tuple[int, Any]:
     """Orders None last and keeps numbers and strings apart."""
     if value is None:

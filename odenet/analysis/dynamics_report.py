@@ -24,10 +24,8 @@ Each returns ``None`` when the sweep holds none of its data.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +39,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import report
 from ..blocks import ODEBlock, ResidualStack
+from ..io import read_csv
+from ..report import mean_std
 from ..solvers import is_adaptive
 
 Row = dict[str, Any]
@@ -107,13 +107,6 @@ def model_label(cfg: DictConfig) -> str:
     return label + (f", {', '.join(weights)}" if weights else "")
 
 
-def _read_history(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def load_runs(rows: list[Row], root: Path) -> list[Run]:
     """The ok runs among ``rows`` (one per run dir), sorted by data set, model and seed."""
     runs = []
@@ -132,7 +125,7 @@ def load_runs(rows: list[Row], root: Path) -> list[Run]:
             cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)  # defaults for keys older runs lack
         except Exception:
             continue
-        runs.append(Run(d, metrics, cfg, _read_history(d / "history.csv")))
+        runs.append(Run(d, metrics, cfg, read_csv(d / "history.csv")))
     runs.sort(key=lambda r: (r.data, _model_order(r.cfg), r.label, r.seed))
     return runs
 
@@ -149,15 +142,6 @@ def _by_data_and_label(runs: Sequence[Run]) -> dict[str, dict[str, list[Run]]]:
     for run in runs:
         out.setdefault(run.data, {}).setdefault(run.label, []).append(run)
     return out
-
-
-def _mean_std(values: Sequence[float | None], fmt: str = "{:.4f}") -> str:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not vals:
-        return "–"
-    if len(vals) == 1:
-        return fmt.format(vals[0])
-    return f"{fmt.format(statistics.fmean(vals))} ± {fmt.format(statistics.stdev(vals))}"
 
 
 def _column(history: list[dict[str, str]], name: str) -> np.ndarray:
@@ -259,25 +243,25 @@ def dynamics_section(rows: list[Row], root: Path) -> list[str] | None:
         body = []
         for label, rs in by_label.items():
             fwd = [history_means(r.history, "nfe_forward") for r in rs]
-            cells = [label, str(len(rs)), _mean_std([r.train_eval().get("accuracy") for r in rs]),
-                     _mean_std([(r.metrics.get("train") or {}).get("train_accuracy") for r in rs]),
-                     _mean_std([(r.metrics.get("train") or {}).get("train_loss") for r in rs], "{:.3g}"),
-                     _mean_std([f[0] if f else None for f in fwd], "{:.1f}"),
-                     _mean_std([f[1] if f else None for f in fwd], "{:.1f}")]
+            cells = [label, str(len(rs)), mean_std([r.train_eval().get("accuracy") for r in rs]),
+                     mean_std([(r.metrics.get("train") or {}).get("train_accuracy") for r in rs]),
+                     mean_std([(r.metrics.get("train") or {}).get("train_loss") for r in rs], "{:.3g}"),
+                     mean_std([f[0] if f else None for f in fwd], "{:.1f}"),
+                     mean_std([f[1] if f else None for f in fwd], "{:.1f}")]
             if backward:
                 bwd = [history_means(r.history, "nfe_backward") for r in rs]
-                cells += [_mean_std([b[0] if b else None for b in bwd], "{:.1f}"),
-                          _mean_std([b[1] if b else None for b in bwd], "{:.1f}")]
-            cells.append(_mean_std([r.train_eval().get("nfe") for r in rs], "{:.1f}"))
+                cells += [mean_std([b[0] if b else None for b in bwd], "{:.1f}"),
+                          mean_std([b[1] if b else None for b in bwd], "{:.1f}")]
+            cells.append(mean_std([r.train_eval().get("nfe") for r in rs], "{:.1f}"))
             reached = [first_below(r.history, "loss", LOSS_THRESHOLD) for r in rs]
-            cells.append(_mean_std(reached, "{:.0f}") + (f" ({reached.count(None)} never)" if None in reached else ""))
+            cells.append(mean_std(reached, "{:.0f}") + (f" ({reached.count(None)} never)" if None in reached else ""))
             if tight:
                 evs = [_tight_eval(r) or {} for r in rs]
-                cells += [_mean_std([e.get("accuracy") for e in evs]), _mean_std([e.get("nfe") for e in evs], "{:.0f}")]
+                cells += [mean_std([e.get("accuracy") for e in evs]), mean_std([e.get("nfe") for e in evs], "{:.0f}")]
             for p in penalties:
                 means = [history_means(r.history, p) for r in rs]
-                cells.append(_mean_std([m[1] if m else None for m in means], "{:.3g}"))
-            cells.append(_mean_std([_column(r.history, "seconds")[-1] for r in rs], "{:.0f}"))
+                cells.append(mean_std([m[1] if m else None for m in means], "{:.3g}"))
+            cells.append(mean_std([_column(r.history, "seconds")[-1] for r in rs], "{:.0f}"))
             body.append(cells)
         lines += [f"### {data}", "", *report._md_table(header, body)]
     return lines
@@ -401,8 +385,8 @@ def penalties_section(rows: list[Row], root: Path) -> list[str] | None:
             for r in rs:
                 x, _ = _test_inputs(r.cfg)
                 measured.append(measure_penalties(_load(r), x))
-            body.append([label, str(len(rs)), _mean_std([m.get("kinetic") for m in measured], "{:.4g}"),
-                         _mean_std([m.get("jacobian") for m in measured], "{:.4g}")])
+            body.append([label, str(len(rs)), mean_std([m.get("kinetic") for m in measured], "{:.4g}"),
+                         mean_std([m.get("jacobian") for m in measured], "{:.4g}")])
         lines += [f"### {data}", "", *report._md_table(["model", "seeds", "kinetic", "jacobian"], body)]
     return lines
 
@@ -446,9 +430,9 @@ def topology_section(rows: list[Row], root: Path) -> list[str] | None:
     body = []
     for label, rs in _by_data_and_label(runs)[runs[0].data].items():
         errors = [region_errors(_load(r)) for r in rs]
-        body.append([label, str(len(rs)), _mean_std([r.train_eval().get("accuracy") for r in rs]),
-                     _mean_std([e["disk_as_outer"] for e in errors], "{:.4f}"),
-                     _mean_std([e["annulus_as_inner"] for e in errors], "{:.4f}"),
+        body.append([label, str(len(rs)), mean_std([r.train_eval().get("accuracy") for r in rs]),
+                     mean_std([e["disk_as_outer"] for e in errors], "{:.4f}"),
+                     mean_std([e["annulus_as_inner"] for e in errors], "{:.4f}"),
                      f"{sum(e['annulus_as_inner'] > 0 for e in errors)}/{len(errors)}"])
     return [
         "## Topology on concentric spheres (2-D)",

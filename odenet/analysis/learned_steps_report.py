@@ -8,10 +8,7 @@ return ``None`` for a sweep without learned step sizes or adaptive-step measurem
 
 from __future__ import annotations
 
-import csv
 import json
-import math
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .. import report
+from ..io import read_csv
+from ..report import mean_std
 from .adaptive_steps import concentration, local_step_sizes, step_shares
 
 Row = dict[str, Any]
@@ -29,14 +28,7 @@ Run = dict[str, Any]
 
 GRID_COLORS = {"uniform": "tab:blue", "learned": "tab:purple"}
 FAST_COLORS = ["tab:red", "tab:orange", "tab:brown"]
-
-
-def _read_history(path: Path) -> list[dict[str, str]]:
-    try:
-        with path.open(newline="") as f:
-            return list(csv.DictReader(f))
-    except OSError:
-        return []
+ACC = "{:.3f}"  # accuracy cells
 
 
 def _h_columns(history: list[dict[str, str]]) -> list[str]:
@@ -69,7 +61,7 @@ def _runs(rows: list[Row], root: Path) -> list[Run]:
         adaptive = adaptive if isinstance(adaptive, dict) and "error" not in adaptive else None
         trajectory = (metrics.get("analysis") or {}).get("trajectory")
         speeds = trajectory.get("step_speeds") if isinstance(trajectory, dict) else None
-        history = _read_history(path / "history.csv")
+        history = read_csv(path / "history.csv")
         cols = _h_columns(history)
         if not cols and adaptive is None:
             continue
@@ -133,15 +125,6 @@ def _uniform_accuracy(run: Run, steps: int) -> float | None:
     if run["block"] == "residual":
         return _accuracy(run, "euler", train=True)
     return _accuracy(run, "euler", steps, train=False)
-
-
-def _mean(values: Sequence[float | None], fmt: str = "{:.3f}") -> str:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not vals:
-        return "–"
-    if len(vals) == 1:
-        return fmt.format(vals[0])
-    return f"{fmt.format(statistics.fmean(vals))} ± {fmt.replace('+', '').format(statistics.stdev(vals))}"
 
 
 def _mean_list(lists: Sequence[Sequence[float] | None], fmt: str = "{:.2f}") -> str:
@@ -221,16 +204,16 @@ def learned_steps_section(rows: list[Row], root: Path) -> list[str] | None:
         for grid, rs in by_grid.items():
             n = int(rs[0]["steps"] or 0)
             adaptive = [r["adaptive"] for r in rs if r["adaptive"]]
-            nfe = _mean([a["nfe"] for a in adaptive], "{:.0f}")
-            acc_steps = _mean([a["steps_accepted"] for a in adaptive], "{:.1f}")
-            rej_steps = _mean([a["steps_rejected"] for a in adaptive], "{:.1f}")
+            nfe = mean_std([a["nfe"] for a in adaptive], "{:.0f}")
+            acc_steps = mean_std([a["steps_accepted"] for a in adaptive], "{:.1f}")
+            rej_steps = mean_std([a["steps_rejected"] for a in adaptive], "{:.1f}")
             acc_body.append([
                 data, grid, str(len(rs)),
-                _mean([_accuracy(r, "euler", train=True) for r in rs]),
-                _mean([_uniform_accuracy(r, n) for r in rs]) if n else "–",
-                _mean([_accuracy(r, "euler", 4 * n) for r in rs]) if n else "–",
-                _mean([_accuracy(r, "rk4", n) for r in rs]) if n else "–",
-                _mean([_accuracy(r, "dopri5") for r in rs]),
+                mean_std([_accuracy(r, "euler", train=True) for r in rs], ACC),
+                mean_std([_uniform_accuracy(r, n) for r in rs], ACC) if n else "–",
+                mean_std([_accuracy(r, "euler", 4 * n) for r in rs], ACC) if n else "–",
+                mean_std([_accuracy(r, "rk4", n) for r in rs], ACC) if n else "–",
+                mean_std([_accuracy(r, "dopri5") for r in rs], ACC),
                 f"{nfe} ({acc_steps} / {rej_steps})",
             ])
             own = [_own_h(r) for r in rs]
@@ -241,15 +224,15 @@ def learned_steps_section(rows: list[Row], root: Path) -> list[str] | None:
                     mid.append(concentration(list(r["h"][(len(r["h"]) - 1) // 2]))["max_over_min"])
             conc_body.append([
                 data, grid,
-                _mean([c["max_over_min"] for c in conc], "{:.2f}"),
-                _mean(mid, "{:.2f}") if mid else "–",
-                _mean([c["max_over_uniform"] for c in conc], "{:.2f}"),
-                _mean([c["effective_fraction"] for c in conc], "{:.3f}"),
+                mean_std([c["max_over_min"] for c in conc], "{:.2f}"),
+                mean_std(mid, "{:.2f}") if mid else "–",
+                mean_std([c["max_over_uniform"] for c in conc], "{:.2f}"),
+                mean_std([c["effective_fraction"] for c in conc], "{:.3f}"),
                 _mean_list([c["index_thirds"] for c in conc]),
                 _mean_list([step_shares(h, rs[0]["T"]) for h in own if h]),
                 _mean_list([_adaptive_shares(a) for a in adaptive]),
-                _mean([_correlation(r) for r in rs], "{:+.2f}"),
-                _mean([_speed_ratio(r) for r in rs], "{:.3g}"),
+                mean_std([_correlation(r) for r in rs], "{:+.2f}"),
+                mean_std([_speed_ratio(r) for r in rs], "{:.3g}"),
             ])
     rtols = sorted({(a["solver"], a["rtol"], a["atol"]) for r in runs if (a := r["adaptive"])})
     tol = ", ".join(f"{s} rtol={rt:g} atol={at:g}" for s, rt, at in rtols) or "no adaptive solve"

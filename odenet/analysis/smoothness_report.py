@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .. import report
+from ..report import mean_std
 from .depth import loglog_slope
 
 Row = dict[str, Any]
@@ -66,15 +66,6 @@ def _group(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return groups
 
 
-def _mean_std(values: Sequence[float | None], fmt: str = "{:.4f}") -> str:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not vals:
-        return "–"
-    if len(vals) == 1:
-        return fmt.format(vals[0])
-    return f"{fmt.format(statistics.fmean(vals))} ± {fmt.format(statistics.stdev(vals))}"
-
-
 def _analysis(m: dict[str, Any], name: str) -> dict[str, Any] | None:
     a = (m.get("analysis") or {}).get(name)
     return a if isinstance(a, dict) and "error" not in a else None
@@ -115,8 +106,8 @@ def degradation_section(rows: list[Row], root: Path) -> list[str] | None:
     body = []
     for n in depths:
         cells = [str(n)]
-        cells += [_mean_std([m["train"].get("train_loss") for m in by[b].get(n, [])]) for b in blocks]
-        cells += [_mean_std([_test(m).get("accuracy") for m in by[b].get(n, [])]) for b in blocks]
+        cells += [mean_std([m["train"].get("train_loss") for m in by[b].get(n, [])]) for b in blocks]
+        cells += [mean_std([_test(m).get("accuracy") for m in by[b].get(n, [])]) for b in blocks]
         body.append(cells)
     seeds = max(len(v) for d in by.values() for v in d.values())
     return [
@@ -259,13 +250,13 @@ def loss_landscape_section(rows: list[Row], root: Path) -> list[str] | None:
         rough = [_roughness(s) for s in land if s]
         body.append([
             label, str(len(ms)),
-            _mean_std([m["train"].get("train_loss") for m in ms]),
-            _mean_std([_test(m).get("accuracy") for m in ms]),
-            _mean_std([s.get("top_eigenvalue") for s in sharp], "{:.4g}"),
+            mean_std([m["train"].get("train_loss") for m in ms]),
+            mean_std([_test(m).get("accuracy") for m in ms]),
+            mean_std([s.get("top_eigenvalue") for s in sharp], "{:.4g}"),
             ", ".join("yes" if s.get("converged") else "no" for s in sharp),
-            _mean_std([s.get("trace") for s in sharp], "{:.4g}"),
-            _mean_std([s.get("trace_stderr") for s in sharp], "{:.2g}"),
-            _mean_std(centre, "{:.4g}"), _mean_std(edges, "{:.4g}"), _mean_std(rough, "{:.3g}"),
+            mean_std([s.get("trace") for s in sharp], "{:.4g}"),
+            mean_std([s.get("trace_stderr") for s in sharp], "{:.2g}"),
+            mean_std(centre, "{:.4g}"), mean_std(edges, "{:.4g}"), mean_std(rough, "{:.3g}"),
         ])
     return [
         "## Loss landscape and sharpness",

@@ -331,7 +331,6 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
             write_csv(out_dir / "adaptation.csv", adapter.decisions)
 
     weights = {name: getattr(cfg.regularization, name) for name in model.block.regularizers}
-    penalty_names = list(weights)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     t0 = time.perf_counter()
     bar = tqdm(
@@ -378,7 +377,7 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
                     "loss": window["loss"] / window["seen"],
                     "accuracy": None if regression else window["correct"] / window["seen"],
                     **solver_columns(model.block, nfe_forward),
-                    **{name: window[name] / window["count"] for name in penalty_names},
+                    **{name: window[name] / window["count"] for name in weights},
                     "lr": optimizer.param_groups[0]["lr"],
                     "seconds": round(time.perf_counter() - t0, 3),
                     **(adapter.history_columns() if adapter is not None else {}),

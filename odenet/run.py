@@ -15,8 +15,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .blocks import SolverError
-from .config import CONFIG_PATH, register_configs
-from .train import TrainingDiverged, train_and_evaluate
+from .runner.config import CONFIG_PATH, register_configs
+from .runner.train import TrainingDiverged, train_and_evaluate
 
 log = logging.getLogger("odenet")
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 # Make ``import odenet`` work from a plain ``pytest`` run without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 # The tests use tiny tensors: one intra-op thread is fastest, and it keeps the suite fast on a
 # loaded machine (with 2 threads, OpenMP spin-waiting can make a tiny conv ~1000x slower).

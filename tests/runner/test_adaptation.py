@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from odenet.adaptation import StepSizeAdaptation, StepSizeRule, grid_steps, snap_step_size
 from odenet.blocks import ODEBlock
-from odenet.build import check_config, eval_options
-from odenet.config import EvalSolverConfig, load_config
-from odenet.train import load_model, train_and_evaluate
+from odenet.runner.adaptation import StepSizeAdaptation, StepSizeRule, grid_steps, snap_step_size
+from odenet.runner.build import check_config, eval_options
+from odenet.runner.config import EvalSolverConfig, load_config
+from odenet.runner.train import load_model, train_and_evaluate
 
 SMOKE = ["+debug=smoke", "trainer.progress=false"]
 

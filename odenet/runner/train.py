@@ -9,7 +9,6 @@ Every file is written atomically (temp file + rename), so a crash never leaves h
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import random
@@ -25,16 +24,16 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from ..blocks import Block, ODEBlock, ResidualStack, SolverError
+from ..data import Dataset, load_dataset
+from ..models import Classifier, count_parameters, format_parameters, parameter_breakdown
+from ..solvers import is_adaptive
 from . import measure
 from .accel import augment_images, compile_field, describe_precision, grad_scaler
 from .adaptation import StepSizeAdaptation
-from .blocks import Block, ODEBlock, ResidualStack, SolverError
 from .build import build_model, build_optimizer, check_config, eval_options
 from .config import Config
-from .data import Dataset, load_dataset
 from .io import atomic_write, write_csv, write_json
-from .models import Classifier, count_parameters, format_parameters, parameter_breakdown
-from .solvers import is_adaptive
 
 log = logging.getLogger(__name__)
 
@@ -418,19 +417,9 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
 
 def load_model(run_dir: Path, cfg: Config | None = None, device: str = "cpu") -> Classifier:
     """Rebuild the model of a finished run and load its ``model.pt`` (``weights_only=True``)."""
-    run_dir = Path(run_dir)
-    if cfg is None:
-        from .config import Config as Schema
+    from .rundir import RunDir
 
-        cfg = OmegaConf.merge(OmegaConf.structured(Schema), OmegaConf.load(run_dir / "config.yaml"))  # type: ignore[assignment]
-    d = cfg.data
-    data = load_dataset(d.name, root=d.root, n_train=8, n_test=8, seed=d.seed, dim=d.dim, noise=d.noise,
-                        as_images=d.as_images, synthetic=d.synthetic)
-    model = build_model(cfg, data.input_shape, data.num_classes)
-    model.load_state_dict(torch.load(run_dir / "model.pt", map_location=device, weights_only=True))
-    metrics_path = run_dir / "metrics.json"
-    if cfg.adaptation.enabled and metrics_path.is_file():  # trained with an adapted step: use the final one
-        step_size = json.loads(metrics_path.read_text()).get("train", {}).get("step_size")
-        if step_size:
-            model.block = model.block.with_solver(cfg.solver.name, step_size=float(step_size))
-    return model.to(device)
+    run = RunDir(run_dir)
+    if cfg is not None:
+        run.__dict__["config"] = cfg
+    return run.load_model(device)

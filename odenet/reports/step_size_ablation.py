@@ -41,11 +41,12 @@ from matplotlib.lines import Line2D
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from .. import report
+from ..analysis.folds import fold_fraction, fold_mask, predict, step_jacobian_determinants
 from ..blocks import ResidualStack, SolverError
 from ..data import Dataset, load_dataset
 from ..models import Classifier
-from ..solvers import SCHEMES, is_adaptive, rk_step, stage_times
+from ..solvers import SCHEMES, is_adaptive
+from . import core as report
 
 Row = dict[str, Any]
 
@@ -367,47 +368,6 @@ def step_factor_section(rows: list[Row], root: Path) -> list[str] | None:
 # Folds of the step map
 
 
-def step_jacobian_determinants(block: ResidualStack, x: Tensor) -> Tensor:
-    """``det(d x_{k+1} / d x_k)`` at every step ``k`` of ``block`` from the states ``x`` (``(n, d)``).
-
-    Returns ``(steps, n)``. For a residual stack the step map is one step of its scheme
-    (``x + h F(t_k, x)`` for Euler); for a plain net (``shortcut=False``) it is ``F(t_k, x)``.
-    """
-    if not isinstance(block, ResidualStack):
-        raise ValueError(f"step maps exist only for a ResidualStack, got {type(block).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"x must be (n, d) states, got shape {tuple(x.shape)}")
-    field, tableau = block.field, block.tableau
-    with torch.no_grad():
-        states = block.trajectory(x)
-        hs = block.step_sizes.detach().to(dtype=x.dtype, device=x.device)
-    times = stage_times(tableau, torch.cumsum(hs, 0) - hs, hs)
-    dets = []
-    for k in range(block.steps):
-        t_k, h_k = list(times[k].unbind()), hs[k]
-
-        def step(z: Tensor, t_k: list[Tensor] = t_k, h_k: Tensor = h_k) -> Tensor:
-            if not block.shortcut:
-                return field(t_k[0], z[None])[0]
-            return rk_step(field, t_k, z[None], h_k, tableau)[0]
-
-        jac = torch.func.vmap(torch.func.jacrev(step))(states[k].detach())
-        dets.append(torch.linalg.det(jac).detach())
-    return torch.stack(dets)
-
-
-def fold_mask(model: Classifier, x: Tensor) -> Tensor:
-    """Boolean ``(n,)``: the trajectory of input ``x[i]`` meets a step whose map has ``det <= 0``."""
-    with torch.no_grad():
-        states = model.stem(x)
-    return (step_jacobian_determinants(model.block, states) <= 0).any(dim=0)  # type: ignore[arg-type]
-
-
-def fold_fraction(model: Classifier, x: Tensor) -> float:
-    """Fraction of the inputs ``x`` whose trajectory passes a fold of the step map (see :func:`fold_mask`)."""
-    return float(fold_mask(model, x).float().mean())
-
-
 # ----------------------------------------------------------------------------------------------
 # Pictures in the plane
 
@@ -425,13 +385,6 @@ def _grid(lim: float, resolution: int) -> tuple[np.ndarray, np.ndarray, Tensor]:
     gx, gy = np.meshgrid(axis, axis)
     pts = torch.tensor(np.stack([gx.ravel(), gy.ravel()], axis=1), dtype=torch.float32)
     return gx, gy, pts
-
-
-@torch.no_grad()
-def predict(model: Classifier, x: Tensor, batch_size: int = 8192) -> Tensor:
-    """Predicted class of every input (in batches)."""
-    model.eval()
-    return torch.cat([model(x[i : i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
 
 
 def _fine_model(model: Classifier, steps: int) -> tuple[Classifier, str]:
@@ -608,7 +561,7 @@ def planar_runs(rows: Sequence[Row], root: Path) -> dict[float, list[tuple[Any, 
 
 
 def _load(run_dir: Path) -> Classifier:
-    from ..train import load_model
+    from ..runner.train import load_model
 
     model = load_model(run_dir)
     model.eval()

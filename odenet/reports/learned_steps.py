@@ -18,10 +18,10 @@ import yaml
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from .. import report
-from ..io import read_csv
-from ..report import mean_std
-from .adaptive_steps import concentration, local_step_sizes, step_shares
+from ..analysis.adaptive_steps import concentration, local_step_sizes, step_shares
+from ..runner.io import read_csv
+from . import core as report
+from .core import mean_std
 
 Row = dict[str, Any]
 Run = dict[str, Any]

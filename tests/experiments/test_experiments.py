@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from odenet import adaptation_report, refinement
-from odenet.config import load_config
-from odenet.report import BASE_COLUMNS, MAX_PNG_BYTES
+from odenet.reports import convergence_test as refinement
+from odenet.reports import step_adaptation as adaptation_report
+from odenet.reports.core import BASE_COLUMNS, MAX_PNG_BYTES
+from odenet.runner.config import load_config
 
 SMOKE = ["+debug=smoke", "trainer.progress=false"]
 
@@ -92,7 +93,7 @@ def test_refinement_changes_are_paired_by_seed():
 
 
 def test_threads_must_be_positive():
-    from odenet.build import check_config
+    from odenet.runner.build import check_config
 
     check_config(load_config([*SMOKE, "threads=1"]))
     with pytest.raises(ValueError, match="threads"):

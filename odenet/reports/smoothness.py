@@ -17,9 +17,9 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from .. import report
-from ..report import mean_std
-from .depth import loglog_slope
+from ..analysis.depth import loglog_slope
+from . import core as report
+from .core import mean_std
 
 Row = dict[str, Any]
 

@@ -20,15 +20,15 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from odenet import ConvField, ODEBlock, ResidualStack
-from odenet.accel import augment_images, grad_scaler
-from odenet.build import build_model, check_config
-from odenet.config import load_config
 from odenet.data import SYNTHETIC_SIZES, load_dataset
 from odenet.models import amp_safe, parameter_breakdown
-from odenet.train import train_and_evaluate
+from odenet.runner.accel import augment_images, grad_scaler
+from odenet.runner.build import build_model, check_config
+from odenet.runner.config import load_config
+from odenet.runner.train import train_and_evaluate
 
 SMOKE = ["+debug=smoke", "trainer.progress=false"]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 SWEPT = ["euler_1", "euler_2", "euler_4", "euler_8", "dopri5", "dopri5_adjoint"]  # the experiments' sweep
 INTEGRATORS = [*SWEPT, "euler_16"]

@@ -23,8 +23,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from .io import read_csv
-from .report import MAX_PNG_BYTES, Stats, fmt_h, save_figure, stats
+from ..runner.io import read_csv
+from .core import MAX_PNG_BYTES, Stats, fmt_h, save_figure, stats
 
 __all__ = ["load_adapted_runs", "load_grid", "adaptation_tables", "plot_adaptation", "main"]
 

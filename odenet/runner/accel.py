@@ -16,7 +16,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from .models import Classifier
+from ..models import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def describe_precision(model: Classifier) -> str:
     """A line for the run's log: the autocast dtype and where float32 is kept."""
     if model.amp_dtype is None:
         return "float32"
-    from .models import amp_safe
+    from ..models import amp_safe
 
     where = "stem, head, field" if amp_safe(model.block) else "stem, head (adaptive ODE block in float32)"
     return f"autocast {str(model.amp_dtype).removeprefix('torch.')} on {where}; state and logits in float32"

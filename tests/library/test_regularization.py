@@ -204,8 +204,8 @@ def test_image_states_are_regularised_too():
 def test_runner_adds_weighted_penalties_and_logs_them_with_solver_statistics(tmp_path):
     import csv
 
-    from odenet.config import load_config
-    from odenet.train import train_and_evaluate
+    from odenet.runner.config import load_config
+    from odenet.runner.train import train_and_evaluate
 
     cfg = load_config([
         "+debug=smoke", "block=ode", "solver=dopri5", "solver.adjoint=true", "threads=1", "trainer.log_every=1",
@@ -227,8 +227,8 @@ def test_runner_adds_weighted_penalties_and_logs_them_with_solver_statistics(tmp
 
 
 def test_runner_refuses_bad_regularization_settings():
-    from odenet.build import build_model
-    from odenet.config import load_config
+    from odenet.runner.build import build_model
+    from odenet.runner.config import load_config
 
     with pytest.raises(ValueError, match="regularization.kinetic is a penalty weight"):
         build_model(load_config(["regularization.kinetic=-1"]), (2,), 3)

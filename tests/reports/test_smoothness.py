@@ -11,11 +11,11 @@ from conftest import sweep_params
 from omegaconf import OmegaConf
 
 from odenet.analysis.depth import loglog_slope
-from odenet.build import build_model
-from odenet.config import load_config
 from odenet.data import load_dataset
 from odenet.fields import LinearField
-from odenet.train import train_and_evaluate
+from odenet.runner.build import build_model
+from odenet.runner.config import load_config
+from odenet.runner.train import train_and_evaluate
 
 SMOKE = ["+debug=smoke", "trainer.progress=false"]
 MEASUREMENTS = ("gradients", "landscape", "interpolation", "sharpness", "depth", "trajectory")

@@ -1,4 +1,4 @@
-"""The augmentation and regularization experiments (smoke sweeps end to end) and odenet.analysis.dynamics_report."""
+"""The augmentation and regularization experiments (smoke sweeps end to end) and odenet.reports.dynamics."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from odenet.analysis import dynamics_report as dyn
 from odenet.blocks import ODEBlock, ResidualStack
-from odenet.config import load_config
 from odenet.models import Classifier
-from odenet.report import MAX_PNG_BYTES, collect
-from odenet.train import load_model, train_and_evaluate
+from odenet.reports import dynamics as dyn
+from odenet.reports.core import MAX_PNG_BYTES, collect
+from odenet.runner.config import load_config
+from odenet.runner.train import load_model, train_and_evaluate
 
 SMOKE = ["+debug=smoke", "trainer.progress=false"]
 

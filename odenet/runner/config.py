@@ -16,7 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 # From a source checkout the configs are in ../conf; installed, they ship as the package odenet.conf.
-_SOURCE_CONF = Path(__file__).resolve().parent.parent / "conf"
+_SOURCE_CONF = Path(__file__).resolve().parents[2] / "conf"
 CONFIG_PATH = str(_SOURCE_CONF) if (_SOURCE_CONF / "config.yaml").is_file() else "pkg://odenet.conf"
 
 

@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .blocks import Block, ODEBlock
+from ..blocks import Block, ODEBlock
+from ..solvers import SCHEMES, TORCHDIFFEQ_FIXED
 from .config import AdaptationConfig, Config
-from .solvers import SCHEMES, TORCHDIFFEQ_FIXED
 
 __all__ = ["Decision", "StepSizeRule", "StepSizeAdaptation", "check_adaptation", "grid_steps", "snap_step_size"]
 

@@ -13,9 +13,12 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from odenet import ResidualStack, report
-from odenet.analysis import step_size
-from odenet.analysis.step_size import (
+from odenet import ResidualStack
+from odenet.fields import Augment
+from odenet.models import Classifier
+from odenet.reports import core as report
+from odenet.reports import step_size_ablation as step_size
+from odenet.reports.step_size_ablation import (
     PlaneModel,
     critical_step_sizes,
     fold_fraction,
@@ -24,9 +27,7 @@ from odenet.analysis.step_size import (
     step_factor_table,
     step_jacobian_determinants,
 )
-from odenet.config import load_config
-from odenet.fields import Augment
-from odenet.models import Classifier
+from odenet.runner.config import load_config
 
 RUNNER_COLUMNS = ("train_solver", "train_steps", "test_solver", "test_steps", "accuracy", "nfe", "seed", "status")
 
@@ -210,7 +211,7 @@ def test_a_failing_extension_is_logged_and_skipped(tmp_path: Path, monkeypatch, 
     monkeypatch.setattr(report, "PLOTS", {})
     monkeypatch.setattr(report, "SECTIONS", {"broken": broken, "fine": lambda rows, root: ["## Extra", "", "hello"]})
     monkeypatch.setattr(report, "DIR_PLOTS", {"broken.png": broken})
-    with caplog.at_level(logging.ERROR, logger="odenet.report"):
+    with caplog.at_level(logging.ERROR, logger="odenet.reports"):
         paths = report.write_report(run)
     assert [p.name for p in paths] == ["summary.csv", "report.md"]
     md = (run / "report.md").read_text()

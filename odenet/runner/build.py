@@ -10,11 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adaptation import check_adaptation
-from .blocks import Block, make_block
-from .config import Config, EvalSolverConfig, FieldConfig
-from .fields import ConvField, DepthIndexedField, LinearField, MLPField
-from .models import (
+from ..blocks import Block, make_block
+from ..fields import ConvField, DepthIndexedField, LinearField, MLPField
+from ..models import (
     AMP_DTYPES,
     IMAGE_STEMS,
     Classifier,
@@ -24,8 +22,10 @@ from .models import (
     vector_head,
     vector_stem,
 )
-from .regularization import NOISES, REGULARIZERS
-from .solvers import ADAPTIVE_SOLVERS, SCHEMES, all_solver_names, is_adaptive
+from ..regularization import NOISES, REGULARIZERS
+from ..solvers import ADAPTIVE_SOLVERS, SCHEMES, all_solver_names, is_adaptive
+from .adaptation import check_adaptation
+from .config import Config, EvalSolverConfig, FieldConfig
 
 FIELD_KINDS = ("mlp", "conv", "linear")
 HEADS = ("linear", "identity")
@@ -43,7 +43,7 @@ def check_choice(key: str, value: str, valid: tuple[str, ...] | list[str]) -> No
 
 def check_config(cfg: Config) -> None:
     """Every name in the config is a known one (called before any work is done)."""
-    from .data import DATASETS
+    from ..data import DATASETS
 
     check_choice("data.name", cfg.data.name, list(DATASETS))
     check_choice("field.kind", cfg.field.kind, FIELD_KINDS)
@@ -186,6 +186,16 @@ def build_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> 
     block: Block = make_block(field, solver, T=cfg.block.T, **options)
     amp = AMP_DTYPES[cfg.trainer.amp_dtype] if cfg.trainer.amp else None  # autocast on the input's device
     return Classifier(stem, block, head, amp_dtype=amp)
+
+
+def build_model_for(cfg: Config) -> Classifier:
+    """The configured model for its data set's input shape and class count (what a run folder's model needs)."""
+    from ..data import load_dataset
+
+    d = cfg.data
+    data = load_dataset(d.name, root=d.root, n_train=8, n_test=8, seed=d.seed, dim=d.dim, noise=d.noise,
+                        as_images=d.as_images, synthetic=d.synthetic)
+    return build_model(cfg, data.input_shape, data.num_classes)
 
 
 def eval_options(ev: EvalSolverConfig, train_steps: int | None, train_step_size: float | None = None) -> dict[str, Any]:

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from odenet import report
-from odenet.report import ReportCallback, collect, main, write_report
+from odenet.reports import core as report
+from odenet.reports.core import ReportCallback, collect, main, write_report
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOT_NAMES = ["accuracy_vs_train_step.png", "accuracy_vs_test_steps.png", "nfe.png"]
 COLUMNS = ["solver.steps", *report.BASE_COLUMNS]
@@ -164,7 +164,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_collect_rows_and_skips_run_without_metrics(sweep: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="odenet.report"):
+    with caplog.at_level(logging.WARNING, logger="odenet.reports"):
         rows = collect(sweep)
     assert len(rows) == 4 * 6 + 1
     assert list(rows[0]) == COLUMNS  # the "seed" override is not duplicated: the seed column holds it
@@ -274,7 +274,7 @@ def test_failed_run_with_evaluations_is_kept_out_of_the_means(tmp_path: Path) ->
 def test_unreadable_metrics_is_skipped(sweep: Path, caplog: pytest.LogCaptureFixture) -> None:
     _write(sweep / "5", None)
     (sweep / "5" / "metrics.json").write_text('{"status": "ok", ')  # killed mid-write
-    with caplog.at_level(logging.WARNING, logger="odenet.report"):
+    with caplog.at_level(logging.WARNING, logger="odenet.reports"):
         rows = collect(sweep)
     assert len(rows) == 25
     assert any("unreadable" in r.getMessage() for r in caplog.records)
@@ -318,7 +318,7 @@ def test_callback_never_raises(tmp_path: Path, sweep_dir: str, caplog: pytest.Lo
     (tmp_path / "empty").mkdir()
     target = sweep_dir if sweep_dir.startswith("$") else str(tmp_path / sweep_dir)
     config = OmegaConf.create({"hydra": {"sweep": {"dir": target}}})
-    with caplog.at_level(logging.WARNING, logger="odenet.report"):
+    with caplog.at_level(logging.WARNING, logger="odenet.reports"):
         ReportCallback().on_multirun_end(config=config)
     assert any("no report written" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "empty" / "summary.csv").exists()
@@ -327,7 +327,7 @@ def test_callback_never_raises(tmp_path: Path, sweep_dir: str, caplog: pytest.Lo
 @pytest.mark.usefixtures("no_plots")
 def test_callback_writes_report(sweep: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
-    with caplog.at_level(logging.INFO, logger="odenet.report"):
+    with caplog.at_level(logging.INFO, logger="odenet.reports"):
         ReportCallback().on_multirun_end(config=config)
     assert (sweep / "summary.csv").is_file() and (sweep / "report.md").is_file()
     assert any("wrote" in r.getMessage() and "report.md" in r.getMessage() for r in caplog.records)
@@ -349,7 +349,7 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
             sys.modules["odenet"] = package
             sys.path.insert(0, sys.argv.pop(1))
             from test_report import _metrics
-            from odenet import report
+            from odenet.reports import core as report
             report.PLOTS.clear()  # tables only: rendering is covered elsewhere
 
             @hydra.main(version_base=None, config_path=None, config_name=None)

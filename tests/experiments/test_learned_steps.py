@@ -12,13 +12,13 @@ import torch
 from torch import Tensor, nn
 
 import odenet
-from odenet import measure
 from odenet.analysis import adaptive_steps, concentration, local_step_sizes, step_shares
-from odenet.analysis.learned_steps_report import adaptive_at, spearman
-from odenet.build import build_optimizer
-from odenet.config import AnalysisConfig, load_config
 from odenet.models import Classifier
-from odenet.report import MAX_PNG_BYTES
+from odenet.reports.core import MAX_PNG_BYTES
+from odenet.reports.learned_steps import adaptive_at, spearman
+from odenet.runner import measure
+from odenet.runner.build import build_optimizer
+from odenet.runner.config import AnalysisConfig, load_config
 
 
 class BumpField(nn.Module):

@@ -37,11 +37,11 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from .. import report
 from ..blocks import ODEBlock, ResidualStack
-from ..io import read_csv
-from ..report import mean_std
+from ..runner.io import read_csv
 from ..solvers import is_adaptive
+from . import core as report
+from .core import mean_std
 
 Row = dict[str, Any]
 CLASS_COLORS = ("tab:blue", "tab:red")
@@ -120,7 +120,7 @@ def load_runs(rows: list[Row], root: Path) -> list[Run]:
         if metrics.get("status") != "ok" or not isinstance(cfg, DictConfig):
             continue
         try:
-            from ..config import Config
+            from ..runner.config import Config
 
             cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)  # defaults for keys older runs lack
         except Exception:
@@ -359,7 +359,7 @@ def _test_inputs(cfg: DictConfig, limit: int = 1000) -> tuple[torch.Tensor, torc
 
 
 def _load(run: Run) -> torch.nn.Module:
-    from ..train import load_model
+    from ..runner.train import load_model
 
     return load_model(run.dir).eval()
 

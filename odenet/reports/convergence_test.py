@@ -22,7 +22,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from .report import (
+from .core import (
     Row,
     Stats,
     _group,

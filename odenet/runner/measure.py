@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .analysis import (
+from ..analysis import (
     depth_smoothness,
     gradient_norms,
     hessian_trace,
@@ -28,11 +28,11 @@ from .analysis import (
     step_speeds,
     top_hessian_eigenvalue,
 )
-from .analysis._util import stack_times
-from .analysis.adaptive_steps import adaptive_steps
-from .blocks import ODEBlock, ResidualStack
+from ..analysis._util import stack_times
+from ..analysis.adaptive_steps import adaptive_steps
+from ..blocks import ODEBlock, ResidualStack
+from ..fields import DepthIndexedField
 from .config import AnalysisConfig
-from .fields import DepthIndexedField
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,193 @@
+"""The run folder: the one reader and writer of what a run leaves behind.
+
+A run folder holds one run: ``config.yaml`` (the resolved config), ``history.csv`` (one row per log step),
+``adaptation.csv`` (step-size adaptation checks), ``checkpoint.pt`` (for resuming), ``model.pt`` (the trained
+``state_dict``) and ``metrics.json`` (:class:`Metrics`). Every write is atomic (temp file + rename); every read
+is cached, so a report reads each file and loads each model once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any, TypedDict
+
+import torch
+
+from .io import atomic_write, read_csv, write_csv, write_json
+
+
+class RunDirError(ValueError):
+    """A run folder's file is missing, corrupt or does not belong to this run."""
+
+
+class EvaluationRecord(TypedDict, total=False):
+    """One evaluation of the trained model (``metrics.json["evaluations"][i]``)."""
+
+    test_solver: str
+    test_steps: int | None
+    test_step_size: float | None
+    rtol: float | None
+    atol: float | None
+    accuracy: float | None
+    loss: float | None
+    nfe: float | None
+    status: str  # ok | failed
+    reason: str | None
+    is_train_solver: bool
+
+
+class TrainRecord(TypedDict, total=False):
+    """How the model was trained (``metrics.json["train"]``)."""
+
+    solver: str
+    steps: int | None
+    step_size: float | None
+    block: str
+    rtol: float | None
+    iterations: int
+    parameters: int
+    parameter_breakdown: dict[str, int]
+    final_loss: float | None
+    final_accuracy: float | None
+    train_loss: float
+    train_accuracy: float | None
+    step_sizes: list[float]
+    adaptation: dict[str, Any]
+
+
+class Metrics(TypedDict, total=False):
+    """``metrics.json``: the run's status and every number it reports."""
+
+    status: str  # running | ok | failed
+    reason: str | None
+    seed: int
+    overrides: dict[str, str]
+    task: str
+    threads: int
+    fingerprint: str
+    train: TrainRecord
+    evaluations: list[EvaluationRecord]
+    analysis: dict[str, Any]
+
+
+class RunDir:
+    """One run's folder. Reads are cached; writes are atomic."""
+
+    CONFIG = "config.yaml"
+    METRICS = "metrics.json"
+    HISTORY = "history.csv"
+    ADAPTATION = "adaptation.csv"
+    CHECKPOINT = "checkpoint.pt"
+    MODEL = "model.pt"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._models: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    @cached_property
+    def metrics(self) -> Metrics | None:
+        """``metrics.json`` as a dict (None when missing or unreadable)."""
+        try:
+            data = json.loads(self.file(self.METRICS).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None  # type: ignore[return-value]
+
+    @cached_property
+    def config(self) -> Any:
+        """The run's config, merged onto the schema (a ``RunDirError`` when missing or unreadable)."""
+        from omegaconf import OmegaConf
+
+        from .config import Config
+
+        path = self.file(self.CONFIG)
+        try:
+            return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
+        except FileNotFoundError:
+            raise RunDirError(f"{path}: no such file (not a finished run folder)") from None
+        except Exception as err:
+            raise RunDirError(f"{path}: unreadable config ({type(err).__name__}: {err}); delete the run folder "
+                              "and train again") from None
+
+    @cached_property
+    def history(self) -> list[dict[str, str]]:
+        """``history.csv`` rows as strings (``[]`` when missing)."""
+        return read_csv(self.file(self.HISTORY))
+
+    @cached_property
+    def adaptation(self) -> list[dict[str, str]]:
+        """``adaptation.csv`` rows as strings (``[]`` when missing)."""
+        return read_csv(self.file(self.ADAPTATION))
+
+    def load_model(self, device: str = "cpu") -> Any:
+        """The trained model: the config's architecture with ``model.pt`` loaded (``weights_only=True``); cached."""
+        if device not in self._models:
+            from .build import build_model_for
+
+            cfg = self.config
+            model = build_model_for(cfg)
+            model.load_state_dict(self._load_torch(self.file(self.MODEL), device))
+            metrics = self.metrics or {}
+            step_size = (metrics.get("train") or {}).get("step_size")
+            if cfg.adaptation.enabled and step_size:  # trained with an adapted step: use the final one
+                model.block = model.block.with_solver(cfg.solver.name, step_size=float(step_size))
+            self._models[device] = model.to(device)
+        return self._models[device]
+
+    def load_checkpoint(self, device: torch.device | str = "cpu") -> dict[str, Any] | None:
+        """The training checkpoint (None when there is none)."""
+        path = self.file(self.CHECKPOINT)
+        return self._load_torch(path, device) if path.exists() else None
+
+    @staticmethod
+    def _load_torch(path: Path, device: torch.device | str) -> Any:
+        try:
+            return torch.load(path, map_location=device, weights_only=True)
+        except FileNotFoundError:
+            raise RunDirError(f"{path}: no such file (the run did not finish training)") from None
+        except Exception as err:
+            raise RunDirError(f"{path}: corrupt or not a torch file ({type(err).__name__}); delete it and train "
+                              "again") from None
+
+    # --- writing ------------------------------------------------------------------------------------
+
+    def write_config(self, yaml_text: str) -> None:
+        atomic_write(self.file(self.CONFIG), lambda f: f.write(yaml_text))
+        self.__dict__.pop("config", None)
+
+    def write_metrics(self, metrics: Metrics) -> None:
+        write_json(self.file(self.METRICS), metrics)
+        self.__dict__["metrics"] = metrics
+
+    def write_history(self, rows: list[dict[str, Any]]) -> None:
+        write_csv(self.file(self.HISTORY), rows)
+        self.__dict__.pop("history", None)
+
+    def write_adaptation(self, rows: list[dict[str, Any]]) -> None:
+        write_csv(self.file(self.ADAPTATION), rows)
+        self.__dict__.pop("adaptation", None)
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        save_torch(self.file(self.CHECKPOINT), state)
+
+    def save_model(self, state_dict: dict[str, Any]) -> None:
+        save_torch(self.file(self.MODEL), state_dict)
+        self._models.clear()
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    """``torch.save`` atomically."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()), binary=True)

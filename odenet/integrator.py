@@ -105,7 +105,7 @@ class Integrator:
     def of(cls, block: Any) -> Integrator:
         """The integrator of a block (``ResidualStack`` or ``ODEBlock``)."""
         if hasattr(block, "steps") and hasattr(block, "scheme"):
-            return cls(block.scheme if block.shortcut else "plain", steps=int(block.steps))
+            return cls(block.scheme, steps=int(block.steps))  # a plain net (no shortcut) reads as its euler grid
         if block.solver in ADAPTIVE_SOLVERS:
             return cls(block.solver, rtol=block.rtol, atol=block.atol, adjoint=block.adjoint)
         return cls(block.solver, step_size=float(block.step_size), adjoint=block.adjoint)

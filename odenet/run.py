@@ -7,6 +7,8 @@ Trains and evaluates one model per job into Hydra's output dir; a multirun (``-m
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -17,6 +19,7 @@ from omegaconf import DictConfig
 from .blocks import SolverError
 from .runner.config import CONFIG_PATH, register_configs
 from .runner.train import TrainingDiverged, train_and_evaluate
+from .runner.validate import ConfigError
 
 log = logging.getLogger("odenet")
 
@@ -37,6 +40,13 @@ def main(cfg: DictConfig) -> float | None:
     out_dir = Path(hc.runtime.output_dir)
     try:
         metrics = train_and_evaluate(cfg, out_dir, _task_overrides())  # type: ignore[arg-type]
+    except (ConfigError, ValueError, OSError) as err:  # bad config, data or output folder: nothing was written
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        if hc.mode == RunMode.RUN:
+            raise SystemExit(2) from None
+        return None
     except (TrainingDiverged, SolverError) as err:
         log.error("run failed (%s): %s", out_dir, err)
         if hc.mode == RunMode.RUN:

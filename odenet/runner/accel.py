@@ -12,7 +12,9 @@ fixed-step blocks, float32 inside an adaptive ODE block); float16 also needs the
 from __future__ import annotations
 
 import logging
+import random
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -21,6 +23,22 @@ from ..models import Classifier
 log = logging.getLogger(__name__)
 
 AUGMENTATIONS = ("none", "crop", "flip", "crop_flip")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but CUDA is not available: use device=auto or device=cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def augment_images(x: Tensor, kind: str, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:

@@ -32,10 +32,10 @@ import torch
 from torch import Tensor
 
 from ..blocks import Block, ODEBlock
-from ..solvers import SCHEMES, TORCHDIFFEQ_FIXED
+from ..solvers import TORCHDIFFEQ_FIXED
 from .config import AdaptationConfig, Config
 
-__all__ = ["Decision", "StepSizeRule", "StepSizeAdaptation", "check_adaptation", "grid_steps", "snap_step_size"]
+__all__ = ["Decision", "StepSizeRule", "StepSizeAdaptation", "grid_steps", "snap_step_size"]
 
 ACTIONS = ("halve", "grow", "reject_growth", "at_min", "at_max")
 
@@ -113,36 +113,6 @@ def snap_step_size(step_size: float, T: float, rel: float = 1e-6) -> float:
     if abs(n - round(n)) <= rel * n and round(n) >= 1:
         return T / round(n)
     return step_size
-
-
-def check_adaptation(cfg: Config) -> None:
-    """The ``adaptation`` section makes sense with the rest of the config (a ValueError naming the key if not)."""
-    a = cfg.adaptation
-    if not a.enabled:
-        return
-    fixed = sorted(set(SCHEMES) & set(TORCHDIFFEQ_FIXED))
-    if cfg.solver.name not in fixed:
-        raise ValueError(
-            f"adaptation.enabled=true adapts a fixed step: solver.name must be one of {fixed}, got {cfg.solver.name!r}"
-        )
-    if a.test_solver not in TORCHDIFFEQ_FIXED:
-        raise ValueError(f"adaptation.test_solver must be one of {sorted(TORCHDIFFEQ_FIXED)}, got {a.test_solver!r}")
-    if cfg.block.kind not in ("residual", "ode"):
-        raise ValueError(f"adaptation.enabled=true needs block=residual or block=ode, got block.kind={cfg.block.kind}")
-    if cfg.field.untied:
-        raise ValueError("adaptation.enabled=true changes h: an untied field (field.untied=true) has one weight set "
-                         "per step of a fixed grid; use a tied field")
-    if a.every < 1:
-        raise ValueError(f"adaptation.every must be >= 1, got {a.every}")
-    if a.accuracy_factor is not None and a.accuracy_factor <= 0:
-        raise ValueError(f"adaptation.accuracy_factor must be positive or null, got {a.accuracy_factor}")
-    for key in ("initial_step_size", "max_step_size", "min_step_size"):
-        value = getattr(a, key)
-        if value is not None and not value > 0:
-            raise ValueError(f"adaptation.{key} must be positive or null, got {value}")
-    if a.initial_step_size is None and (cfg.solver.steps is None or cfg.solver.steps < 1):
-        raise ValueError("adaptation.initial_step_size=null takes block.T / solver.steps: set solver.steps")
-    StepSizeAdaptation.from_config(cfg)  # the rule's own checks (threshold, factors, limits)
 
 
 class StepSizeAdaptation:

@@ -1,10 +1,12 @@
-"""From a config to objects: field, block, classifier, optimiser and schedule.
+"""From a config to objects, through registries: field, block, classifier, optimiser and schedule.
 
-Each builder checks its names first, so an unknown name fails at start with the valid ones listed.
+Each registry maps a config name to a builder; :mod:`odenet.runner.validate` checks names against them before
+anything is built. A new field is one class (``odenet.fields``) plus one :func:`register_field` entry and a YAML.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,7 +16,6 @@ from ..blocks import Block, make_block
 from ..fields import ConvField, DepthIndexedField, LinearField, MLPField
 from ..models import (
     AMP_DTYPES,
-    IMAGE_STEMS,
     Classifier,
     flat_size,
     image_head,
@@ -22,83 +23,59 @@ from ..models import (
     vector_head,
     vector_stem,
 )
-from ..regularization import NOISES, REGULARIZERS
-from ..solvers import ADAPTIVE_SOLVERS, SCHEMES, all_solver_names, is_adaptive
-from .adaptation import check_adaptation
-from .config import Config, EvalSolverConfig, FieldConfig
+from ..solvers import is_adaptive
+from .config import Config, FieldConfig
+from .validate import check_choice, regularizers, validate
 
-FIELD_KINDS = ("mlp", "conv", "linear")
 HEADS = ("linear", "identity")
-BLOCK_KINDS = ("residual", "plain", "learned_steps", "ode")
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("none", "cosine", "step")
-DEFAULT_EVAL_RTOL, DEFAULT_EVAL_ATOL = 1e-6, 1e-8
+
+FieldBuilder = Callable[[FieldConfig, int], tuple[nn.Module, Any]]
+#: field.kind -> builder(cfg, dim) -> (field, its last layer or None): the last layer is zeroed by field.zero_init.
+FIELDS: dict[str, FieldBuilder] = {}
 
 
-def check_choice(key: str, value: str, valid: tuple[str, ...] | list[str]) -> None:
-    """A ValueError naming the config key and listing the valid values."""
-    if value not in valid:
-        raise ValueError(f"unknown {key}={value!r}; {key} must be one of {sorted(valid)}")
+def register_field(kind: str) -> Callable[[FieldBuilder], FieldBuilder]:
+    """Decorator registering a field builder under ``field.kind=kind``."""
+
+    def deco(fn: FieldBuilder) -> FieldBuilder:
+        FIELDS[kind] = fn
+        return fn
+
+    return deco
+
+
+@register_field("linear")
+def _linear_field(cfg: FieldConfig, dim: int) -> tuple[nn.Module, Any]:
+    return LinearField(dim, zero_init=cfg.zero_init), None
+
+
+@register_field("mlp")
+def _mlp_field(cfg: FieldConfig, dim: int) -> tuple[nn.Module, Any]:
+    field = MLPField(dim, cfg.hidden, cfg.depth, cfg.activation, cfg.time)  # type: ignore[arg-type]
+    return field, field.linears[-1]
+
+
+@register_field("conv")
+def _conv_field(cfg: FieldConfig, dim: int) -> tuple[nn.Module, Any]:
+    field = ConvField(
+        dim, cfg.hidden, cfg.depth, cfg.kernel, cfg.activation, cfg.time,  # type: ignore[arg-type]
+        groupnorm=cfg.groupnorm, groups=cfg.groups, preact=cfg.preact,
+    )
+    return field, field.convs[-1]
 
 
 def check_config(cfg: Config) -> None:
-    """Every name in the config is a known one (called before any work is done)."""
-    from ..data import DATASETS
-
-    check_choice("data.name", cfg.data.name, list(DATASETS))
-    check_choice("field.kind", cfg.field.kind, FIELD_KINDS)
-    check_choice("block.kind", cfg.block.kind, BLOCK_KINDS)
-    check_choice("model.head", cfg.model.head, HEADS)
-    check_choice("solver.name", cfg.solver.name, all_solver_names())
-    check_choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
-    check_choice("optimizer.schedule", cfg.optimizer.schedule, SCHEDULES)
-    for i, ev in enumerate(cfg.evaluation.solvers):
-        check_choice(f"evaluation.solvers[{i}].name", ev.name, sorted(set(SCHEMES) | set(ADAPTIVE_SOLVERS)))
-    if (cfg.trainer.iterations is None) == (cfg.trainer.epochs is None):
-        raise ValueError("give exactly one of trainer.iterations and trainer.epochs (set the other to null)")
-    for key in ("trainer.batch_size", "trainer.log_every", "trainer.checkpoint_every"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 1:
-            raise ValueError(f"{key} must be >= 1")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ValueError(f"threads must be >= 1 or null, got {cfg.threads}")
-    if cfg.optimizer.lr <= 0:
-        raise ValueError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
-    regularizers(cfg)
-    check_adaptation(cfg)
-    check_images(cfg)
-
-
-def check_images(cfg: Config) -> None:
-    """The image-model and device options: stem, mixed precision, augmentation (issue 7)."""
-    from .accel import AUGMENTATIONS
-
-    check_choice("model.stem", cfg.model.stem, IMAGE_STEMS)
-    check_choice("trainer.amp_dtype", cfg.trainer.amp_dtype, list(AMP_DTYPES))
-    check_choice("data.augment", cfg.data.augment, AUGMENTATIONS)
-    if cfg.model.stem != "lift" and cfg.field.kind != "conv":
-        raise ValueError(f"model.stem={cfg.model.stem} is an image stem: it needs field.kind=conv")
-    if cfg.data.crop_padding < 0:
-        raise ValueError(f"data.crop_padding must be >= 0, got {cfg.data.crop_padding}")
+    """Every name, number and combination of the config (see :func:`odenet.runner.validate.validate`)."""
+    validate(cfg)
 
 
 def build_field(cfg: FieldConfig, dim: int, steps: int | None, T: float) -> nn.Module:
     """The vector field on states of ``dim`` features (mlp) or channels (conv)."""
-    check_choice("field.kind", cfg.kind, FIELD_KINDS)
+    check_choice("field.kind", cfg.kind, list(FIELDS))
 
     def make() -> nn.Module:
-        if cfg.kind == "linear":
-            return LinearField(dim, zero_init=cfg.zero_init)
-        if cfg.kind == "mlp":
-            field: nn.Module = MLPField(dim, cfg.hidden, cfg.depth, cfg.activation, cfg.time)  # type: ignore[arg-type]
-            last = field.linears[-1]
-        else:
-            field = ConvField(
-                dim, cfg.hidden, cfg.depth, cfg.kernel, cfg.activation, cfg.time,  # type: ignore[arg-type]
-                groupnorm=cfg.groupnorm, groups=cfg.groups, preact=cfg.preact,
-            )
-            last = field.convs[-1]
-        if cfg.zero_init:
+        field, last = FIELDS[cfg.kind](cfg, dim)
+        if cfg.zero_init and last is not None:
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
         return field
@@ -117,42 +94,31 @@ def build_field(cfg: FieldConfig, dim: int, steps: int | None, T: float) -> nn.M
     return make()
 
 
+BlockBuilder = Callable[[Config], dict[str, Any]]
+#: block.kind -> the ``make_block`` options of a fixed-step solve (adaptive solvers always give an ODE block).
+BLOCKS: dict[str, BlockBuilder] = {
+    "residual": lambda cfg: dict(steps=cfg.solver.steps, shortcut=True, learn_steps=False),
+    "plain": lambda cfg: dict(steps=cfg.solver.steps, shortcut=False, learn_steps=False),
+    "learned_steps": lambda cfg: dict(steps=cfg.solver.steps, shortcut=True, learn_steps=True),
+    "ode": lambda cfg: dict(step_size=cfg.block.T / cfg.solver.steps, adjoint=cfg.solver.adjoint),
+}
+
+
 def block_options(cfg: Config) -> tuple[str, dict[str, Any]]:
-    """``(solver, options)`` for ``make_block`` from the block and solver configs.
+    """``(solver, options)`` for ``make_block`` from the block and solver configs (validated by ``validate``).
 
     An adaptive solver always gives an ODE block; ``block=ode`` with a fixed scheme uses
     torchdiffeq's fixed grid with ``step_size = T / steps``.
     """
-    kind, s = cfg.block.kind, cfg.solver
-    check_choice("block.kind", kind, BLOCK_KINDS)
-    check_choice("solver.name", s.name, all_solver_names())
+    s = cfg.solver
+    check_choice("block.kind", cfg.block.kind, list(BLOCKS))
     penalties = regularizers(cfg)
-    if penalties and kind == "plain":
-        raise ValueError("regularization.kinetic / .jacobian need a residual or ODE block, not block=plain")
-    reg = dict(regularizers=penalties, noise=cfg.regularization.noise) if penalties else {}
+    reg: dict[str, Any] = dict(regularizers=penalties, noise=cfg.regularization.noise) if penalties else {}
     if is_adaptive(s.name):
-        if kind in ("plain", "learned_steps"):
-            raise ValueError(f"block.kind={kind} is a discrete stack: use a fixed solver.name from {sorted(SCHEMES)}")
         if penalties:
             reg["penalty_error_control"] = cfg.regularization.error_control
         return s.name, dict(rtol=s.rtol, atol=s.atol, adjoint=s.adjoint, max_steps=s.max_steps, **reg)
-    if s.steps is None or s.steps < 1:
-        raise ValueError(f"solver.name={s.name} is fixed-step: solver.steps must be an integer >= 1, got {s.steps}")
-    if kind == "ode":
-        return s.name, dict(step_size=cfg.block.T / s.steps, adjoint=s.adjoint, **reg)
-    if s.name not in SCHEMES:
-        raise ValueError(f"solver.name={s.name} exists only in torchdiffeq: use block=ode, or one of {sorted(SCHEMES)}")
-    return s.name, dict(steps=s.steps, shortcut=kind != "plain", learn_steps=kind == "learned_steps", **reg)
-
-
-def regularizers(cfg: Config) -> tuple[str, ...]:
-    """The penalties with a positive weight in ``regularization`` (checked: weights >= 0, a known noise)."""
-    r = cfg.regularization
-    for name in REGULARIZERS:
-        if getattr(r, name) < 0:
-            raise ValueError(f"regularization.{name} is a penalty weight: it must be >= 0, got {getattr(r, name)}")
-    check_choice("regularization.noise", r.noise, NOISES)
-    return tuple(name for name in REGULARIZERS if getattr(r, name) > 0)
+    return s.name, {**BLOCKS[cfg.block.kind](cfg), **reg}
 
 
 def build_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
@@ -198,57 +164,32 @@ def build_model_for(cfg: Config) -> Classifier:
     return build_model(cfg, data.input_shape, data.num_classes)
 
 
-def eval_options(ev: EvalSolverConfig, train_steps: int | None, train_step_size: float | None = None) -> dict[str, Any]:
-    """``with_solver`` options of one evaluation entry (steps from ``step_factor`` x the training step).
-
-    A training step that is no ``T / N`` (``train_steps`` None, ``train_step_size`` h, as after step-size
-    adaptation) gives ``step_size = step_factor x h``: a torchdiffeq fixed grid.
-    """
-    if is_adaptive(ev.name):
-        return dict(
-            rtol=ev.rtol if ev.rtol is not None else DEFAULT_EVAL_RTOL,
-            atol=ev.atol if ev.atol is not None else DEFAULT_EVAL_ATOL,
-        )
-    if ev.steps is not None:
-        return dict(steps=ev.steps)
-    if ev.step_factor is not None:
-        if train_steps is None and train_step_size is None:
-            raise ValueError(f"evaluation {ev.name} with step_factor needs a fixed-step training solver; give steps")
-        if ev.step_factor <= 0:
-            raise ValueError(f"evaluation step_factor must be positive, got {ev.step_factor}")
-        if train_steps is None:
-            return dict(step_size=train_step_size * ev.step_factor)
-        return dict(steps=max(1, round(train_steps / ev.step_factor)))
-    raise ValueError(f"evaluation {ev.name}: give steps or step_factor")
+OPTIMIZERS: dict[str, Callable[[Any, Any], torch.optim.Optimizer]] = {
+    "adam": lambda params, o: torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay),
+    "sgd": lambda params, o: torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                             nesterov=o.nesterov),
+}
+SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, Any, int], Any]] = {
+    "none": lambda opt, o, total: None,
+    "cosine": lambda opt, o, total: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total),
+    "step": lambda opt, o, total: torch.optim.lr_scheduler.MultiStepLR(
+        opt, milestones=sorted(int(f * total) for f in o.milestones), gamma=o.gamma),
+}
 
 
 def build_optimizer(cfg: Config, model: nn.Module, total_iterations: int):
     """The optimiser and its per-iteration learning-rate schedule (or None)."""
     o = cfg.optimizer
-    check_choice("optimizer.name", o.name, OPTIMIZERS)
-    check_choice("optimizer.schedule", o.schedule, SCHEDULES)
-    params: Any = [p for p in model.parameters() if p.requires_grad]
-    if o.step_lr_scale <= 0:
+    check_choice("optimizer.name", o.name, list(OPTIMIZERS))
+    check_choice("optimizer.schedule", o.schedule, list(SCHEDULES))
+    if not o.step_lr_scale > 0:
         raise ValueError(f"optimizer.step_lr_scale must be positive, got {o.step_lr_scale}")
+    params: Any = [p for p in model.parameters() if p.requires_grad]
     if o.step_lr_scale != 1.0:  # learned step logits in their own group (the schedule scales both groups alike)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         steps = [p for n, p in named if n.rsplit(".", 1)[-1] == "step_logits"]
         params = [{"params": [p for n, p in named if n.rsplit(".", 1)[-1] != "step_logits"]}]
         if steps:
             params.append({"params": steps, "lr": o.lr * o.step_lr_scale})
-    if o.name == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(
-            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
-        )
-    if o.schedule == "cosine":
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=total_iterations
-        )
-    elif o.schedule == "step":
-        milestones = sorted(int(f * total_iterations) for f in o.milestones)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=o.gamma)
-    else:
-        scheduler = None
-    return optimizer, scheduler
+    optimizer = OPTIMIZERS[o.name](params, o)
+    return optimizer, SCHEDULES[o.schedule](optimizer, o, total_iterations)

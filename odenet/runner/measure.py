@@ -1,4 +1,5 @@
-"""The optional analysis step of a run (config section ``analysis``): ``odenet.analysis`` measurements
+"""The optional analysis step of a run (config section ``analysis``), a registry of measurements (config flag,
+phase, function): ``odenet.analysis`` measurements
 on the model at initialisation and after training, as JSON-ready dicts for ``metrics.json["analysis"]``.
 
 Each measurement uses the first ``analysis.points`` training examples, the model in eval mode and the
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -61,11 +63,6 @@ def _state_times(model: nn.Module, cfg: AnalysisConfig) -> list[float]:
     return _floats(torch.linspace(0.0, block.T, cfg.gradient_times + 1, dtype=torch.float64))
 
 
-def _gradients(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, cfg: AnalysisConfig) -> dict[str, Any]:
-    norms = gradient_norms(model, x, y, loss_fn, times=cfg.gradient_times)
-    return {"times": _state_times(model, cfg), "norms": _floats(norms)}
-
-
 def _no_adjoint(model: nn.Module) -> nn.Module:
     """The model with an adjoint ODE block replaced by the direct one (same field): HVPs need double backward."""
     block = model.block  # type: ignore[attr-defined]
@@ -75,23 +72,138 @@ def _no_adjoint(model: nn.Module) -> nn.Module:
     return model
 
 
-def at_init(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, cfg: AnalysisConfig) -> dict[str, Any]:
-    """Measurements at initialisation (gradient flow only)."""
+@dataclass(frozen=True)
+class Context:
+    """What a measurement sees: the model, the first ``analysis.points`` training examples, the loss, the config."""
+
+    model: nn.Module
+    x: Tensor
+    y: Tensor
+    loss_fn: LossFn
+    cfg: AnalysisConfig
+    init_state: dict[str, Tensor] | None = None
+
+
+MeasureFn = Callable[[Context], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A measurement written to ``metrics.json["analysis"][key]`` when ``analysis.<flag>`` is true."""
+
+    key: str
+    flag: str
+    phase: str  # init | trained
+    fn: MeasureFn
+
+
+#: Every measurement, in the order they run and appear in ``metrics.json``.
+MEASUREMENTS: list[Measurement] = []
+
+
+def register_measurement(key: str, flag: str, phase: str = "trained") -> Callable[[MeasureFn], MeasureFn]:
+    """Decorator adding a measurement: ``fn(ctx) -> dict`` run when ``analysis.<flag>`` is true."""
+    if phase not in ("init", "trained"):
+        raise ValueError(f"phase must be init or trained, got {phase!r}")
+
+    def deco(fn: MeasureFn) -> MeasureFn:
+        MEASUREMENTS.append(Measurement(key, flag, phase, fn))
+        return fn
+
+    return deco
+
+
+def _gradients(c: Context) -> dict[str, Any]:
+    norms = gradient_norms(c.model, c.x, c.y, c.loss_fn, times=c.cfg.gradient_times)
+    return {"times": _state_times(c.model, c.cfg), "norms": _floats(norms)}
+
+
+register_measurement("gradients_init", "gradients", phase="init")(_gradients)
+register_measurement("gradients", "gradients")(_gradients)
+
+
+@register_measurement("landscape", "landscape")
+def _landscape(c: Context) -> dict[str, Any]:
+    span = (-c.cfg.span, c.cfg.span)
+    s1 = slice_1d(c.model, c.x, c.y, c.loss_fn, steps=c.cfg.grid, span=span, seed=c.cfg.seed)
+    s2 = slice_2d(c.model, c.x, c.y, c.loss_fn, steps=c.cfg.grid, span=span, seed=c.cfg.seed)
+    return {"alphas": _floats(s1.alphas), "slice_1d": _floats(s1.losses), "axis": _floats(s2.alphas),
+            "slice_2d": [_floats(row) for row in s2.losses]}
+
+
+@register_measurement("interpolation", "interpolation")
+def _interpolation(c: Context) -> dict[str, Any]:
+    if c.init_state is None:
+        raise ValueError("no weights at initialisation (the run resumed from a checkpoint)")
+    s = interpolate(c.model, c.init_state, c.model.state_dict(), c.x, c.y, c.loss_fn, steps=c.cfg.grid,
+                    span=(-0.5, 1.5))
+    return {"alphas": _floats(s.alphas), "losses": _floats(s.losses)}
+
+
+@register_measurement("sharpness", "sharpness")
+def _sharpness(c: Context) -> dict[str, Any]:
+    m, cfg = _no_adjoint(c.model), c.cfg
+    eig = top_hessian_eigenvalue(m, c.x, c.y, c.loss_fn, max_iters=cfg.hessian_iters, tol=cfg.hessian_tol,
+                                 seed=cfg.seed)
+    tr = hessian_trace(m, c.x, c.y, c.loss_fn, samples=cfg.trace_samples, seed=cfg.seed)
+    return {"top_eigenvalue": eig.eigenvalue, "iterations": eig.iterations, "converged": eig.converged,
+            "trace": tr.mean, "trace_stderr": tr.stderr, "trace_samples": tr.samples}
+
+
+@register_measurement("depth", "depth")
+def _depth(c: Context) -> dict[str, Any]:
+    field = c.model.block.field  # type: ignore[attr-defined]
+    if not isinstance(field, DepthIndexedField):
+        raise ValueError("depth smoothness needs a depth-indexed field (field.untied=true)")
+    d = depth_smoothness(field)
+    return {"layers": field.depth, "increments": _floats(d.increments), "max": d.max, "rss": d.rss}
+
+
+@register_measurement("trajectory", "trajectory")
+def _trajectory(c: Context) -> dict[str, Any]:
+    with torch.no_grad():
+        speeds = step_speeds(c.model, c.x, times=c.cfg.gradient_times)
+        energy = kinetic_energy(c.model, c.x, times=c.cfg.gradient_times)
+    return {"kinetic_energy": float(energy), "step_speeds": _floats(speeds)}
+
+
+@register_measurement("adaptive_steps", "adaptive_steps")
+def _adaptive_steps(c: Context) -> dict[str, Any]:
+    """The trained field re-solved by ``cfg.adaptive_solver`` (float64): its accepted steps, and the block's own."""
+    cfg = c.cfg
+    s = adaptive_steps(c.model, c.x, solver=cfg.adaptive_solver, rtol=cfg.adaptive_rtol, atol=cfg.adaptive_atol)
+    block = c.model.block  # type: ignore[attr-defined]
+    own = _floats(block.step_sizes) if isinstance(block, ResidualStack) else None
+    return {"solver": s.solver, "rtol": s.rtol, "atol": s.atol, "T": s.T, "step_sizes": s.sizes,
+            "step_starts": s.starts, "nfe": s.nfe, "steps_accepted": s.accepted, "steps_rejected": s.rejected,
+            "block_step_sizes": own}
+
+
+def _run(phase: str, c: Context) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if cfg.interpolation:  # kept in memory only, for after_training (not written to metrics.json)
-        out["_init_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if cfg.gradients:
-        out["gradients_init"] = _measure(model, lambda: _gradients(model, x, y, loss_fn, cfg), "gradients_init")
+    was_training = c.model.training
+    c.model.eval()
+    try:
+        for m in MEASUREMENTS:
+            if m.phase == phase and getattr(c.cfg, m.flag):
+                out[m.key] = _guard(m.key, lambda m=m: m.fn(c))
+    finally:
+        c.model.train(was_training)
     return out
 
 
-def _measure(model: nn.Module, fn: Callable[[], dict[str, Any]], name: str) -> dict[str, Any]:
-    was_training = model.training
-    model.eval()
-    try:
-        return _guard(name, fn)
-    finally:
-        model.train(was_training)
+def enabled(cfg: AnalysisConfig) -> bool:
+    """Any measurement switched on (``interpolation`` needs the weights at initialisation)."""
+    return cfg.interpolation or any(getattr(cfg, m.flag) for m in MEASUREMENTS)
+
+
+def at_init(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, cfg: AnalysisConfig) -> dict[str, Any]:
+    """Measurements at initialisation; ``_init_state`` (kept in memory only) when ``interpolation`` needs it."""
+    out: dict[str, Any] = {}
+    if cfg.interpolation:
+        out["_init_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out.update(_run("init", Context(model, x, y, loss_fn, cfg)))
+    return out
 
 
 def after_training(
@@ -99,69 +211,4 @@ def after_training(
     init_state: dict[str, Tensor] | None = None,
 ) -> dict[str, Any]:
     """Every enabled measurement on the trained model (``init_state``: the weights at init, for ``interpolation``)."""
-    out: dict[str, Any] = {}
-    block = model.block  # type: ignore[attr-defined]
-    if cfg.gradients:
-        out["gradients"] = _measure(model, lambda: _gradients(model, x, y, loss_fn, cfg), "gradients")
-    if cfg.landscape:
-        span = (-cfg.span, cfg.span)
-
-        def landscape() -> dict[str, Any]:
-            s1 = slice_1d(model, x, y, loss_fn, steps=cfg.grid, span=span, seed=cfg.seed)
-            s2 = slice_2d(model, x, y, loss_fn, steps=cfg.grid, span=span, seed=cfg.seed)
-            return {"alphas": _floats(s1.alphas), "slice_1d": _floats(s1.losses), "axis": _floats(s2.alphas),
-                    "slice_2d": [_floats(row) for row in s2.losses]}
-
-        out["landscape"] = _measure(model, landscape, "landscape")
-    if cfg.interpolation:
-        def interpolation() -> dict[str, Any]:
-            if init_state is None:
-                raise ValueError("no weights at initialisation (the run resumed from a checkpoint)")
-            s = interpolate(model, init_state, model.state_dict(), x, y, loss_fn, steps=cfg.grid, span=(-0.5, 1.5))
-            return {"alphas": _floats(s.alphas), "losses": _floats(s.losses)}
-
-        out["interpolation"] = _measure(model, interpolation, "interpolation")
-    if cfg.sharpness:
-        def sharpness() -> dict[str, Any]:
-            m = _no_adjoint(model)
-            eig = top_hessian_eigenvalue(m, x, y, loss_fn, max_iters=cfg.hessian_iters, tol=cfg.hessian_tol,
-                                         seed=cfg.seed)
-            tr = hessian_trace(m, x, y, loss_fn, samples=cfg.trace_samples, seed=cfg.seed)
-            return {"top_eigenvalue": eig.eigenvalue, "iterations": eig.iterations, "converged": eig.converged,
-                    "trace": tr.mean, "trace_stderr": tr.stderr, "trace_samples": tr.samples}
-
-        out["sharpness"] = _measure(model, sharpness, "sharpness")
-    if cfg.depth:
-        def depth() -> dict[str, Any]:
-            if not isinstance(block.field, DepthIndexedField):
-                raise ValueError("depth smoothness needs a depth-indexed field (field.untied=true)")
-            d = depth_smoothness(block.field)
-            return {"layers": block.field.depth, "increments": _floats(d.increments), "max": d.max, "rss": d.rss}
-
-        out["depth"] = _measure(model, depth, "depth")
-    if cfg.trajectory:
-        def trajectory() -> dict[str, Any]:
-            with torch.no_grad():
-                speeds = step_speeds(model, x, times=cfg.gradient_times)
-                energy = kinetic_energy(model, x, times=cfg.gradient_times)
-            return {"kinetic_energy": float(energy), "step_speeds": _floats(speeds)}
-
-        out["trajectory"] = _measure(model, trajectory, "trajectory")
-    if cfg.adaptive_steps:
-        out["adaptive_steps"] = _measure(model, lambda: _adaptive_steps(model, x, cfg), "adaptive_steps")
-    return out
-
-
-def _adaptive_steps(model: nn.Module, x: Tensor, cfg: AnalysisConfig) -> dict[str, Any]:
-    """The trained field re-solved by ``cfg.adaptive_solver`` (float64): its accepted steps, and the block's own."""
-    s = adaptive_steps(model, x, solver=cfg.adaptive_solver, rtol=cfg.adaptive_rtol, atol=cfg.adaptive_atol)
-    block = model.block  # type: ignore[attr-defined]
-    own = _floats(block.step_sizes) if isinstance(block, ResidualStack) else None
-    return {"solver": s.solver, "rtol": s.rtol, "atol": s.atol, "T": s.T, "step_sizes": s.sizes,
-            "step_starts": s.starts, "nfe": s.nfe, "steps_accepted": s.accepted, "steps_rejected": s.rejected,
-            "block_step_sizes": own}
-
-
-def enabled(cfg: AnalysisConfig) -> bool:
-    return any((cfg.gradients, cfg.landscape, cfg.interpolation, cfg.sharpness, cfg.depth, cfg.trajectory,
-                cfg.adaptive_steps))
+    return _run("trained", Context(model, x, y, loss_fn, cfg, init_state))

@@ -8,8 +8,14 @@ is cached, so a report reads each file and loads each model once.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import hashlib
 import io
 import json
+import os
+import socket
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypedDict
@@ -160,9 +166,73 @@ class RunDir:
             raise RunDirError(f"{path}: corrupt or not a torch file ({type(err).__name__}); delete it and train "
                               "again") from None
 
+    # --- one run per folder --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder's write lock (``.lock``, released when the process ends, SIGKILL included).
+
+        A second writer gets a ``RunDirError`` naming the holder.
+        """
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.file(".lock")
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise RunDirError(f"{self.path} is being written by {holder}: wait for that run to end, or give "
+                                  "this run another output folder (hydra.run.dir=...)") from None
+            try:  # the file may have been unlinked by a holder that just finished: lock the current one
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        when = datetime.datetime.now().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {when}".encode(), 0)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            os.close(fd)
+
+    def check_resume(self, fingerprint: str, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The checkpoint to resume from (None: start afresh), refusing one made by another config.
+
+        ``config``: the new run's resolved config (a plain dict), to name the keys that differ.
+        """
+        ckpt_path = self.file(self.CHECKPOINT)
+        if not ckpt_path.exists():
+            return None
+        ckpt = self.load_checkpoint()
+        assert ckpt is not None
+        if ckpt.get("fingerprint") == fingerprint:
+            return ckpt
+        try:
+            from omegaconf import OmegaConf
+
+            old = OmegaConf.to_container(OmegaConf.load(self.file(self.CONFIG)), resolve=True)
+        except Exception:
+            old = {}
+        diff = differing_keys(defining(old), defining(config)) if old else ["(no readable config.yaml)"]
+        shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
+        raise RunDirError(f"{self.path} holds a run of another config (differs in {shown or 'unknown keys'}): "
+                          "give this run another output folder (hydra.run.dir=... / hydra.sweep.dir=...), or delete "
+                          f"{ckpt_path.name} there to start over")
+
     # --- writing ------------------------------------------------------------------------------------
 
     def write_config(self, yaml_text: str) -> None:
+        path = self.file(self.CONFIG)
+        if path.is_file() and path.read_text() == yaml_text:
+            return  # a resumed run: the file stays exactly as it was
         atomic_write(self.file(self.CONFIG), lambda f: f.write(yaml_text))
         self.__dict__.pop("config", None)
 
@@ -184,6 +254,43 @@ class RunDir:
     def save_model(self, state_dict: dict[str, Any]) -> None:
         save_torch(self.file(self.MODEL), state_dict)
         self._models.clear()
+
+
+#: Config sections and keys that do not change the trained model: a run resumes across changes to them (and
+#: across the training length when the learning rate is constant: resuming then extends the run).
+NOT_DEFINING = ("device", "threads", "evaluation", "analysis", "data.root", "trainer.progress",
+                "trainer.log_every", "trainer.checkpoint_every", "trainer.eval_batch_size", "trainer.compile")
+
+
+def defining(config: dict[str, Any]) -> dict[str, Any]:
+    """The flattened ``key: value`` pairs of a resolved config that define the trained model."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(config, "")
+    if flat.get("optimizer.schedule", "none") == "none":  # a constant lr: a longer run continues a shorter one
+        flat.pop("trainer.iterations", None)
+        flat.pop("trainer.epochs", None)
+    return {k: v for k, v in flat.items()
+            if not any(k == n or k.startswith(n + ".") for n in NOT_DEFINING) and not k.startswith("hydra.")}
+
+
+def fingerprint(config: dict[str, Any]) -> str:
+    """A hash of the config's defining keys (see :data:`NOT_DEFINING`)."""
+    text = json.dumps(defining(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every key whose value differs (or exists on one side only)."""
+    return [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+            for k in sorted(set(old) | set(new)) if old.get(k, "(absent)") != new.get(k, "(absent)")]
 
 
 def save_torch(path: Path, obj: Any) -> None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import os
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,33 @@ def _check_tensors(d: Dataset, input_shape: tuple[int, ...], num_classes: int) -
 
 
 def test_registry_lists_all_datasets():
-    assert {"spirals", "sphere2", "concentric_spheres", "digits", "mnist", "cifar10"} <= set(DATASETS)
+    names = {"spirals", "sphere2", "concentric_spheres", "digits", "mnist", "cifar10", "mnist5k", "mnist1d"}
+    assert names | {"linear_regression", "tanh_ode"} <= set(DATASETS)
+
+
+def test_public_names_of_the_package():
+    import odenet.data as data
+
+    for name in data.__all__:
+        assert hasattr(data, name), name
+    # the names importable from the single module before it became a package
+    before = {
+        "CIFAR10_FILES", "CONCENTRIC_REGIONS", "DATASETS", "IDX_DTYPES", "MNIST_FILES", "SPHERE2_ANNULI",
+        "SYNTHETIC_SIZES", "TASKS", "DataOptions", "Dataset", "Loader", "load_cifar10", "load_concentric_spheres",
+        "load_dataset", "load_digits", "load_linear_regression", "load_mnist", "load_sphere2", "load_spirals",
+        "load_tanh_ode", "read_idx", "register_dataset", "synthetic_images",
+    }
+    assert before <= set(data.__all__)
+
+
+def test_import_loads_no_hydra_plotting_or_optional_data_packages():
+    # the library layer: torch and numpy only; sklearn, mlxtend and mnist1d only when their loader runs
+    heavy = ("hydra", "omegaconf", "matplotlib", "sklearn", "mlxtend", "mnist1d")
+    code = f"import sys, odenet.data; print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=root)
+    assert out.stdout.strip() == "[]"
 
 
 def test_unknown_name_lists_valid_names():

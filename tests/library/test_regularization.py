@@ -226,18 +226,6 @@ def test_runner_adds_weighted_penalties_and_logs_them_with_solver_statistics(tmp
         assert len(steps) == accepted and abs(sum(steps) - cfg.block.T) < 1e-5
 
 
-def test_runner_refuses_bad_regularization_settings():
-    from odenet.runner.build import build_model
-    from odenet.runner.config import load_config
-
-    with pytest.raises(ValueError, match="regularization.kinetic is a penalty weight"):
-        build_model(load_config(["regularization.kinetic=-1"]), (2,), 3)
-    with pytest.raises(ValueError, match="regularization.noise"):
-        build_model(load_config(["regularization.jacobian=1", "regularization.noise=sobol"]), (2,), 3)
-    with pytest.raises(ValueError, match="block=plain"):
-        build_model(load_config(["block=plain", "regularization.kinetic=1"]), (2,), 3)
-
-
 def test_penalties_can_be_left_out_of_the_error_control():
     """With ``penalty_error_control=False`` dopri5 takes exactly the steps of the unpenalised solve (its error
     norm sees the state alone), and the integrals are still accurate to the solver's order."""

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import DataOptions, Dataset, register_dataset
 from ._common import PIXEL_SCALE, _subsample_index, _to_tensors
+from .registry import DataOptions, Dataset, register_dataset
 from .synthetic import synthetic_images
 
 # Seed of the digits train/test split (independent of ``seed``: the split never changes).

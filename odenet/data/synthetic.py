@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import DataOptions, Dataset, register_dataset
 from ._common import _is_int, _noise, _rngs, _size, _split_counts
+from .registry import DataOptions, Dataset, register_dataset
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,10 @@ from ..models import (
     vector_head,
     vector_stem,
 )
+from ..regularization import REGULARIZERS
 from ..solvers import is_adaptive
 from .config import Config, FieldConfig
-from .validate import check_choice, regularizers, validate
+from .errors import check_choice
 
 HEADS = ("linear", "identity")
 
@@ -64,9 +65,9 @@ def _conv_field(cfg: FieldConfig, dim: int) -> tuple[nn.Module, Any]:
     return field, field.convs[-1]
 
 
-def check_config(cfg: Config) -> None:
-    """Every name, number and combination of the config (see :func:`odenet.runner.validate.validate`)."""
-    validate(cfg)
+def regularizers(cfg: Config) -> tuple[str, ...]:
+    """The penalties with a positive weight in ``regularization``."""
+    return tuple(name for name in REGULARIZERS if getattr(cfg.regularization, name) > 0)
 
 
 def build_field(cfg: FieldConfig, dim: int, steps: int | None, T: float) -> nn.Module:

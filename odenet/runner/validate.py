@@ -8,24 +8,17 @@ ranges in :data:`RANGES`, and the combinations that cannot work together are ref
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..models import AMP_DTYPES, IMAGE_STEMS
-from ..regularization import NOISES, REGULARIZERS
+from ..regularization import NOISES
 from ..solvers import ADAPTIVE_SOLVERS, SCHEMES, TORCHDIFFEQ_FIXED, all_solver_names, is_adaptive
+from .build import BLOCKS, FIELDS, HEADS, OPTIMIZERS, SCHEDULES, regularizers
 from .config import Config
+from .errors import ConfigError, check_choice
 
-
-class ConfigError(ValueError):
-    """A config value that cannot work: the message names the key and how to fix it."""
-
-
-def check_choice(key: str, value: Any, valid: Sequence[str]) -> None:
-    """A ConfigError naming the config key and listing the valid values."""
-    if value not in valid:
-        raise ConfigError(f"unknown {key}={value!r}; {key} must be one of {sorted(valid)}")
+__all__ = ["ConfigError", "RANGES", "Range", "check_choice", "validate"]
 
 
 @dataclass(frozen=True)
@@ -140,7 +133,6 @@ def validate(cfg: Config) -> None:
     """Every name, number and combination in ``cfg`` (a ConfigError naming the key otherwise)."""
     from ..data import DATASETS
     from .accel import AUGMENTATIONS
-    from .build import BLOCKS, FIELDS, HEADS, OPTIMIZERS, SCHEDULES
 
     for key, rule in RANGES.items():
         check_range(key, _get(cfg, key), rule)
@@ -207,11 +199,6 @@ def _check_solver(cfg: Config) -> None:
     if kind == "plain" and s.name != "euler":
         raise ConfigError(f"block.kind=plain iterates x <- F(t, x): it has no scheme; use solver.name=euler, "
                           f"not {s.name}")
-
-
-def regularizers(cfg: Config) -> tuple[str, ...]:
-    """The penalties with a positive weight in ``regularization``."""
-    return tuple(name for name in REGULARIZERS if getattr(cfg.regularization, name) > 0)
 
 
 def _check_adaptation(cfg: Config) -> None:

@@ -1,4 +1,5 @@
-"""The step_adaptation and convergence_test experiments: smoke sweeps end to end, and their report modules."""
+"""The step_adaptation and convergence_test experiments: smoke sweeps end to end, and their report sections
+(odenet.reports.step_adaptation, odenet.reports.convergence_test) in ``python -m odenet.report``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from odenet.reports import BASE_COLUMNS, MAX_PNG_BYTES, collect, main
 from odenet.reports import convergence_test as refinement
-from odenet.reports import step_adaptation as adaptation_report
-from odenet.reports.core import BASE_COLUMNS, MAX_PNG_BYTES
 from odenet.runner.config import load_config
 
 SMOKE = ["+debug=smoke", "trainer.progress=false"]
@@ -36,6 +36,8 @@ def test_step_adaptation_uses_the_grid_search_settings():
 
 def test_step_adaptation_smoke_sweep(tmp_path, smoke_sweep):
     proc, sweep = smoke_sweep("step_adaptation")
+    grid_proc, grid = smoke_sweep("step_size_ablation")  # the grid search it is compared with
+    assert grid_proc.returncode == 0, grid_proc.stderr[-3000:]
     assert proc.returncode == 0, proc.stderr[-3000:]
     columns, rows = read_summary(sweep)
     assert columns[-len(BASE_COLUMNS):] == list(BASE_COLUMNS)
@@ -48,10 +50,17 @@ def test_step_adaptation_smoke_sweep(tmp_path, smoke_sweep):
     train_row = next(r for r in rows if r["is_train_solver"] == "True")
     assert float(train_row["train_step_size"]) == pytest.approx(metrics["train"]["adaptation"]["final_step_size"])
 
+    text = (sweep / "report.md").read_text()  # the multirun's report: the adapted runs alone
+    assert "## Step-size adaptation" in text and "| 0 | 1/8 -> " in text and "mean train NFE" in text
+    assert "### Against the grid search" not in text and (sweep / "step_adaptation.png").is_file()
+
     out = tmp_path / "report"
-    assert adaptation_report.main([str(sweep), "--grid", str(sweep), "--out", str(out)]) == 0
-    table = (out / "adaptation.md").read_text()
-    assert "| 0 | 1/8 -> " in table and "mean train NFE" in table
+    assert main([str(sweep), "--grid", str(grid), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "| 0 | 1/8 -> " in text and "mean train NFE" in text
+    assert "### Against the grid search (euler trained at fixed N)" in text
+    assert "| euler N=8 (h=1/8) | 8 | 8 |" in text and "| **euler, adapted h** |" in text and "### Per seed" in text
+    assert f"--grid {grid.resolve()}`" in text  # the regenerate command keeps the option
     assert 0 < (out / "step_adaptation.png").stat().st_size <= MAX_PNG_BYTES
 
 
@@ -69,13 +78,28 @@ def test_convergence_test_smoke_sweep(tmp_path, smoke_sweep):
             assert steps == [1, 2, 4, 8, 16, 32, 64]
         assert [r["test_solver"] for r in mine if not r["test_steps"]] == ["dopri5"]
     assert (sweep / "accuracy_vs_test_steps.png").is_file()
+    assert refinement.refinement_ladders(collect(sweep)) == {s: [1, 2, 4, 8, 16, 32, 64] for s in ("euler", "rk4")}
 
-    out = tmp_path / "report"
-    assert refinement.main([str(sweep), "--out", str(out)]) == 0
-    table = (out / "refinement.md").read_text()
+    table = (sweep / "report.md").read_text()  # the multirun's report holds the convergence test
+    assert "## Convergence test: accuracy as the test solver is refined" in table
     assert "### Trained with euler N=2 (h=1/2) (1 seeds)" in table and "dopri5 (adaptive reference)" in table
     assert "| euler | change | " in table
-    assert 0 < (out / "refinement.png").stat().st_size <= MAX_PNG_BYTES
+    assert 0 < (sweep / "refinement.png").stat().st_size <= MAX_PNG_BYTES
+
+
+def test_refinement_ladder_needs_one_ladder_for_every_run():
+    def row(run, solver, steps, train=False):
+        return {"train_solver": "euler", "train_steps": 8, "train_step_size": 1 / 8, "test_solver": solver,
+                "test_steps": steps, "test_step_size": None if steps is None else 1 / steps, "rtol": None,
+                "atol": None, "is_train_solver": train, "accuracy": 0.5, "loss": 0.0, "nfe": 1.0, "seed": 0,
+                "status": "ok", "reason": None, "run_dir": run}
+
+    ladder = [row(r, "euler", n, n == 8) for r in ("0", "1") for n in (2, 4, 8, 16)] + [row("0", "dopri5", None)]
+    assert refinement.refinement_ladders(ladder) == {"euler": [2, 4, 8, 16]}
+    step_factors = [row("0", "euler", n, n == 8) for n in (4, 5, 8, 11, 16)]  # round(N / factor): no ladder
+    assert refinement.refinement_ladders(step_factors) == {}
+    assert refinement.refinement_ladders(ladder[:4] + [row("1", "euler", n, n == 8) for n in (8, 16, 32)]) == {}
+    assert refinement.refinement_ladders([row("0", "euler", 8, True), row("0", "euler", 16)]) == {}  # too short
 
 
 def test_refinement_changes_are_paired_by_seed():
@@ -93,7 +117,7 @@ def test_refinement_changes_are_paired_by_seed():
 
 
 def test_threads_must_be_positive():
-    from odenet.runner.build import check_config
+    from odenet.runner.validate import validate as check_config
 
     check_config(load_config([*SMOKE, "threads=1"]))
     with pytest.raises(ValueError, match="threads"):

@@ -11,10 +11,10 @@ import torch
 
 from odenet.blocks import ODEBlock
 from odenet.runner.adaptation import StepSizeAdaptation, StepSizeRule, grid_steps, snap_step_size
-from odenet.runner.build import check_config
 from odenet.runner.config import EvalSolverConfig, load_config
 from odenet.runner.evaluate import eval_options
 from odenet.runner.train import load_model, train_and_evaluate
+from odenet.runner.validate import validate as check_config
 
 SMOKE = ["+debug=smoke", "trainer.progress=false"]
 

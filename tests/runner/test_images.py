@@ -23,9 +23,10 @@ from odenet import ConvField, ODEBlock, ResidualStack
 from odenet.data import SYNTHETIC_SIZES, load_dataset
 from odenet.models import amp_safe, parameter_breakdown
 from odenet.runner.accel import augment_images, grad_scaler
-from odenet.runner.build import build_model, check_config
+from odenet.runner.build import build_model
 from odenet.runner.config import load_config
 from odenet.runner.train import train_and_evaluate
+from odenet.runner.validate import validate as check_config
 
 SMOKE = ["+debug=smoke", "trainer.progress=false"]
 REPO = Path(__file__).resolve().parents[2]

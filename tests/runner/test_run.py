@@ -17,9 +17,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from odenet.runner.build import check_config
 from odenet.runner.config import CONFIG_PATH, Config, load_config
 from odenet.runner.train import TrainingDiverged, load_model, train_and_evaluate
+from odenet.runner.validate import validate as check_config
 
 CONF = Path(CONFIG_PATH)
 REPO = CONF.parent

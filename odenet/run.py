@@ -16,10 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .blocks import SolverError
-from .runner.config import CONFIG_PATH, register_configs
-from .runner.train import TrainingDiverged, train_and_evaluate
-from .runner.validate import ConfigError
+from .runner.config import CONFIG_PATH, precheck, register_configs
 
 log = logging.getLogger("odenet")
 
@@ -36,6 +33,10 @@ def _task_overrides() -> dict[str, str]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from .blocks import SolverError  # torch is imported only once the config has composed
+    from .runner.train import TrainingDiverged, train_and_evaluate
+    from .runner.validate import ConfigError
+
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
@@ -65,5 +66,15 @@ def main(cfg: DictConfig) -> float | None:
     return train_eval["accuracy"]
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m odenet.run`` / ``odenet``: a config error is one line and exit status 2, before torch loads."""
+    if os.environ.get("HYDRA_FULL_ERROR") != "1":
+        error = precheck(sys.argv[1:])
+        if error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

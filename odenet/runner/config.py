@@ -6,6 +6,7 @@ it, and each config group (``conf/data/*.yaml``, ...) fills one of its nodes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field as default
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir, initialize_config_module
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 # From a source checkout the configs are in ../conf; installed, they ship as the package odenet.conf.
 _SOURCE_CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -210,9 +211,24 @@ class Config:
     analysis: AnalysisConfig = default(default_factory=AnalysisConfig)
 
 
+def job_dir_name(overrides: str) -> str:
+    """A sweep job's folder: its own overrides (``seed=0,solver.steps=8``), so that re-running a sweep in another
+    order, or with a value added, finds each job's earlier run; ``/`` is replaced and a long name is shortened
+    with a hash."""
+    import hashlib
+
+    name = overrides.replace("/", "_").replace("\\", "_") or "job"
+    if len(name) > 120:
+        name = f"{name[:100]}-{hashlib.sha256(overrides.encode()).hexdigest()[:12]}"
+    return name
+
+
 def register_configs() -> None:
-    """Put the schema into Hydra's ConfigStore as ``base_config``."""
+    """Put the schema into Hydra's ConfigStore as ``base_config`` (and the sweep-folder resolver)."""
+    from omegaconf import OmegaConf
+
     ConfigStore.instance().store(name="base_config", node=Config)
+    OmegaConf.register_new_resolver("odenet_job_dir", job_dir_name, replace=True)
 
 
 def load_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -228,3 +244,94 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
         init = initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3")
     with init:
         return compose(config_name="config", overrides=list(overrides))
+
+
+def unknown_keys(cfg: DictConfig, schema: type = Config, prefix: str = "") -> list[str]:
+    """Keys of ``cfg`` that the schema does not have (``+key=...`` adds them past the struct check)."""
+    names = {f.name: f for f in dataclasses.fields(schema)}
+    out = []
+    for key in cfg.keys():
+        if key == "hydra":
+            continue
+        full = f"{prefix}{key}"
+        if key not in names:
+            out.append(full)
+            continue
+        value, kind = cfg._get_node(key), names[key].type
+        sub = _schema_of(kind)
+        if sub is not None and isinstance(value, DictConfig):
+            out += unknown_keys(value, sub, f"{full}.")
+        elif isinstance(value, ListConfig) and key == "solvers":
+            for i, item in enumerate(value):
+                if isinstance(item, DictConfig):
+                    out += unknown_keys(item, EvalSolverConfig, f"{full}[{i}].")
+    return out
+
+
+def _schema_of(kind: object) -> type | None:
+    classes = {c.__name__: c for c in (DataConfig, FieldConfig, ModelConfig, BlockConfig, SolverConfig,
+                                       OptimizerConfig, TrainerConfig, EvaluationConfig, AdaptationConfig,
+                                       RegularizationConfig, AnalysisConfig)}
+    return classes.get(kind if isinstance(kind, str) else getattr(kind, "__name__", ""))
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """A ValueError naming the first key the schema does not know."""
+    extra = unknown_keys(cfg)
+    if extra:
+        raise ValueError(f"unknown config key {extra[0]}: not in the schema (odenet.runner.config.Config); check "
+                         "its spelling (python -m odenet.run --cfg job shows every key)")
+
+
+def _one_line(err: BaseException) -> str:
+    """Hydra's / OmegaConf's multi-line composition error as one line naming the key and the fix."""
+    import re
+
+    text, cause = str(err), err.__cause__
+    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if missing:
+        group, option = missing.groups()
+        options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], flags=re.M)
+        return f"unknown {group}={option}; {group} must be one of {options}"
+    if cause is not None:
+        head = str(cause).splitlines()[0].strip()
+        key = re.search(r"full_key: (\S+)", str(cause))
+        name = key.group(1) if key else None
+        if "not in" in head and name:
+            return f"unknown config key {name} ({head}); check its spelling (--cfg job shows every key)"
+        if name:
+            return f"{name}: {head}"
+        return head
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return "; ".join(ln for ln in lines if not ln.startswith(("full_key:", "reference_type", "object_type")))
+
+
+def precheck(argv: Sequence[str]) -> str | None:
+    """The first error in composing the config of a command line, as one line (None: it composes).
+
+    Each value of a sweep override (``a=1,2``) is tried on its own; hydra's own flags other than ``-m`` leave
+    the check to Hydra.
+    """
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in argv if not a.startswith("-")]
+    parser = OverridesParser.create()
+    for arg in args:
+        try:
+            parser.parse_overrides([arg])
+        except Exception as err:
+            return f"cannot parse the override {arg!r}: {_one_line(err)}"
+    parsed = parser.parse_overrides(args)
+    base = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+    variants = [base]
+    for o in parsed:
+        if o.is_sweep_override() and not o.key_or_group.startswith("hydra"):
+            variants += [[*base, f"{o.get_key_element()}={v}"] for v in o.sweep_string_iterator()]
+    for overrides in variants:
+        try:
+            check_keys(load_config(overrides))
+        except Exception as err:
+            return _one_line(err)
+    return None

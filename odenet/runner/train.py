@@ -65,12 +65,12 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
     run, key = RunDir(out_dir), fingerprint(resolved)
     device = resolve_device(cfg.device)
     with run.lock():
-        checkpoint = run.check_resume(key, resolved)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
         data = load_data(cfg)
         model = build_model(cfg, data.input_shape, data.num_classes).to(device)
+        checkpoint = run.check_resume(key, resolved)
         run.write_config(OmegaConf.to_yaml(cfg, resolve=True))  # the first write: every check has passed
         return _train(cfg, run, key, model, data, device, checkpoint, overrides or {})
 

@@ -11,11 +11,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from omegaconf import DictConfig
+
 from ..models import AMP_DTYPES, IMAGE_STEMS
 from ..regularization import NOISES
 from ..solvers import ADAPTIVE_SOLVERS, SCHEMES, TORCHDIFFEQ_FIXED, all_solver_names, is_adaptive
 from .build import BLOCKS, FIELDS, HEADS, OPTIMIZERS, SCHEDULES, regularizers
-from .config import Config
+from .config import Config, unknown_keys
 from .errors import ConfigError, check_choice
 
 __all__ = ["ConfigError", "RANGES", "Range", "check_choice", "validate"]
@@ -134,6 +136,12 @@ def validate(cfg: Config) -> None:
     from ..data import DATASETS
     from .accel import AUGMENTATIONS
 
+    if isinstance(cfg, DictConfig):
+        extra = unknown_keys(cfg)
+        if extra:
+            raise ConfigError(f"unknown config key {extra[0]}: not in the schema (odenet.runner.config.Config); "
+                              "check its spelling (python -m odenet.run --cfg job shows every key)")
+
     for key, rule in RANGES.items():
         check_range(key, _get(cfg, key), rule)
     check_choice("data.name", cfg.data.name, list(DATASETS))
@@ -174,7 +182,7 @@ def _check_model(cfg: Config) -> None:
         raise ConfigError(f"model.stem={cfg.model.stem} is an image stem: it needs field.kind=conv")
     if f.tied_init and not f.untied:
         raise ConfigError("field.tied_init=true applies to a depth-indexed field only: set field.untied=true")
-    if f.untied and cfg.solver.steps is None:
+    if f.untied and (cfg.solver.steps is None or is_adaptive(cfg.solver.name)):
         raise ConfigError("field.untied=true needs a fixed step count (solver.steps): one weight set per step")
     if f.kind == "conv" and f.kernel % 2 == 0:
         raise ConfigError(f"field.kernel must be odd (the state keeps its size), got {f.kernel}")

@@ -177,3 +177,16 @@ def test_a_blown_up_solver_is_a_failed_evaluation_not_ok():
 def test_every_run_records_its_thread_count(finished):
     assert RunDir(finished).metrics["threads"] == torch.get_num_threads()
     time.sleep(0)
+
+
+def test_a_corrupt_checkpoint_is_one_error_naming_the_file(tmp_path):
+    out = tmp_path / "run"
+    train_and_evaluate(load_config([*SMOKE, "trainer.iterations=2"]), out)
+    (out / "checkpoint.pt").write_bytes(b"not a torch file")
+    before = snapshot(out)
+    with pytest.raises(RunDirError, match=r"checkpoint\.pt: corrupt.*delete it"):
+        train_and_evaluate(load_config([*SMOKE, "trainer.iterations=4"]), out)
+    assert snapshot(out) == before
+    (out / "model.pt").write_bytes(b"\x00" * 10)
+    with pytest.raises(RunDirError, match=r"model\.pt: corrupt"):
+        RunDir(out).load_model()

@@ -1,7 +1,8 @@
-"""``python -m odenet.report DIR [--out OUT]``: write ``summary.csv``, ``report.md`` and the plots of a sweep.
+"""``python -m odenet.report DIR [--out OUT] [--grid GRID]``: write ``summary.csv``, ``report.md`` and the plots
+of a sweep.
 
-The command line of :mod:`odenet.reports`; ``odenet.report.ReportCallback`` is kept as the Hydra callback's
-historical target.
+The command line of :mod:`odenet.reports`; ``odenet.report.ReportCallback`` stays importable (the Hydra
+callback's target is ``odenet.reports.ReportCallback``).
 """
 
 from __future__ import annotations

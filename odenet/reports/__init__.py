@@ -1,10 +1,60 @@
 """Reports: the only layer that imports matplotlib.
 
-Shared pieces (collecting rows from run folders, statistics, markdown, figures) and one module per
-experiment, named after it, each registering its sections and plots when imported here.
+Shared pieces — collecting rows and run folders (:mod:`.collect`), statistics (:mod:`.stats`), markdown
+(:mod:`.markdown`), figures (:mod:`.figures`), the section and plot registries (:mod:`.registry`), shared views of
+run folders (:mod:`.runs`), writing (:mod:`.write`) and the command line (:mod:`.cli`) — and one module per
+experiment, named after it, each registering its sections and plots when imported here. The import order below
+is the order of the sections in ``report.md`` and of the plots after the built-in ones.
 """
 
-from . import convergence_test, core, dynamics, learned_steps, smoothness, step_adaptation, step_size_ablation  # noqa: F401
-from .core import ReportCallback, ReportError, collect, main, write_report
+# Registration order: the built-in plots first, then the experiments in report order.
+# isort: off
+from . import figures
+from . import step_size_ablation
+from . import plane
+from . import degradation
+from . import gradient_flow
+from . import loss_landscape
+from . import depth_smoothness
+from . import learned_steps
+from . import regularization
+from . import augmentation
+from . import convergence_test
+from . import step_adaptation
+# isort: on
+from .cli import ReportCallback, main
+from .collect import BASE_COLUMNS, ReportContext, ReportError, collect
+from .figures import MAX_PNG_BYTES, save_figure
+from .registry import register_dir_plot, register_plot, register_section
+from .stats import Stats, mean_std, stats
+from .write import write_report
 
-__all__ = ["ReportCallback", "ReportError", "collect", "core", "main", "write_report"]
+__all__ = [
+    "BASE_COLUMNS",
+    "MAX_PNG_BYTES",
+    "ReportCallback",
+    "ReportContext",
+    "ReportError",
+    "Stats",
+    "augmentation",
+    "collect",
+    "convergence_test",
+    "degradation",
+    "depth_smoothness",
+    "figures",
+    "gradient_flow",
+    "learned_steps",
+    "loss_landscape",
+    "main",
+    "mean_std",
+    "plane",
+    "register_dir_plot",
+    "register_plot",
+    "register_section",
+    "regularization",
+    "save_figure",
+    "stats",
+    "step_adaptation",
+    "step_size_ablation",
+    "write_report",
+]

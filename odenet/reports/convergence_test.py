@@ -1,46 +1,59 @@
 """The convergence test (Queiruga et al. 2020): how a trained model's accuracy moves as the test solver is refined.
 
-Works on the rows of :func:`odenet.report.collect` (one per trained model x evaluation). For each trained
+Works on the rows of :func:`odenet.reports.collect` (one per trained model x evaluation). For each trained
 model it compares every fixed-step evaluation (euler / rk4 at N = 1..64) and the adaptive reference
 (dopri5) with the model's own training solver, *paired by seed*: the change in accuracy of one trained
 network is free of the seed-to-seed spread that dominates absolute accuracies on a small test set.
 
-``python -m odenet.refinement DIR [--out OUT]`` writes ``refinement.md`` (tables) and ``refinement.png``
-(absolute accuracy and paired change vs test steps, dopri5 as dashed lines) for the runs under DIR.
-To add the figure to every report instead: ``odenet.report.register_plot("refinement.png")(plot_refinement)``.
+Registered when :mod:`odenet.reports` is imported: the section "Convergence test: accuracy as the test solver
+is refined" (:func:`refinement_tables`) and ``refinement.png`` (:func:`plot_refinement`: absolute accuracy
+and paired change vs test steps, dopri5 as dashed lines), for sweeps that test every trained model on one
+refinement ladder of step counts (:func:`refinement_ladders`, e.g. ``conf/evaluation/refinement.yaml``).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from .core import (
-    Row,
-    Stats,
-    _group,
-    _ok,
-    _sort_key,
-    collect,
-    model_key,
-    model_label,
-    save_figure,
-    setting_keys,
-    stats,
-)
+from .collect import ReportContext, Row
+from .markdown import model_label
+from .registry import register_plot, register_section
+from .stats import Stats, adaptive_eval, group, model_key, ok, setting_keys, sort_key, stats
 
-__all__ = ["paired_changes", "refinement_tables", "plot_refinement", "main"]
+__all__ = ["paired_changes", "plot_refinement", "refinement_ladders", "refinement_section", "refinement_tables"]
+
+#: Fewest test step counts of a refinement ladder.
+MIN_LADDER = 3
 
 
-def _is_reference(row: Row) -> bool:
-    return row["test_steps"] is None and row["test_step_size"] is None  # adaptive (dopri5)
+def refinement_ladders(rows: Sequence[Row]) -> dict[str, list[int]]:
+    """Fixed-step test solver -> the step counts every trained run was tested at, for the solvers whose counts
+    form one ladder (at least :data:`MIN_LADDER` counts, a constant ratio between neighbours: 1, 2, 4, ...) shared
+    by all runs with an evaluation under their training solver.
+
+    Empty for sweeps that scale the test steps with the training step (step factors) or test a few counts only:
+    the convergence test compares every trained model on the same refinement of the test solver.
+    """
+    own = {r["run_dir"] for r in rows if ok(r) and r["is_train_solver"]}
+    per_solver: dict[str, dict[str, set[int]]] = {}
+    for r in rows:
+        if r["run_dir"] in own and ok(r) and r["test_steps"] is not None and not adaptive_eval(r):
+            per_solver.setdefault(str(r["test_solver"]), {}).setdefault(r["run_dir"], set()).add(int(r["test_steps"]))
+    ladders = {}
+    for solver, by_run in per_solver.items():
+        counts = {frozenset(steps) for steps in by_run.values()}
+        if len(by_run) != len(own) or len(counts) != 1:
+            continue
+        steps = sorted(next(iter(counts)))
+        ratios = {b / a for a, b in zip(steps, steps[1:])}
+        if len(steps) >= MIN_LADDER and len(ratios) == 1:
+            ladders[solver] = steps
+    return ladders
 
 
 Cells = dict[tuple[str, "int | None"], list[tuple[float, float]]]
@@ -54,16 +67,17 @@ def paired_changes(rows: Sequence[Row]) -> dict[tuple[Any, ...], Cells]:
     """
     settings = setting_keys(rows)
     out: dict[tuple[Any, ...], Cells] = {}
-    for run_rows in _group((r for r in rows if _ok(r)), lambda r: r["run_dir"]).values():
+    for run_rows in group((r for r in rows if ok(r)), lambda r: r["run_dir"]).values():
         own = [r for r in run_rows if r["is_train_solver"]]
         if not own:
             continue
         base = float(own[0]["accuracy"])
         cells = out.setdefault(model_key(own[0], settings), {})
         for r in run_rows:
-            if r["test_steps"] is None and not _is_reference(r):
+            reference = adaptive_eval(r)  # dopri5
+            if r["test_steps"] is None and not reference:
                 continue  # a fixed grid given by step size only: not part of this test
-            key = (str(r["test_solver"]), None if _is_reference(r) else int(r["test_steps"]))
+            key = (str(r["test_solver"]), None if reference else int(r["test_steps"]))
             cells.setdefault(key, []).append((float(r["accuracy"]), float(r["accuracy"]) - base))
     return out
 
@@ -85,7 +99,7 @@ def refinement_tables(rows: Sequence[Row]) -> str:
         "training solver (percentage points, paired by seed).",
         "",
     ]
-    for m in sorted(data, key=_sort_key):
+    for m in sorted(data, key=sort_key):
         cells = data[m]
         n_seeds = max(len(v) for v in cells.values())
         lines += [f"### Trained with {model_label(m, settings)} ({n_seeds} seeds)", ""]
@@ -112,7 +126,7 @@ def plot_refinement(rows: list[Row]) -> Figure | None:
     solvers = sorted({k[0] for cells in data.values() for k in cells if k[1] is not None})
     if not solvers or not any(len({k[1] for k in cells if k[1] is not None}) > 1 for cells in data.values()):
         return None
-    models = sorted(data, key=_sort_key)
+    models = sorted(data, key=sort_key)
     cmap = colormaps["tab10"]
     color = {m: cmap(i % 10) for i, m in enumerate(models)}
     fig = Figure(figsize=(5.2 * len(solvers) + 2.6, 7.4), layout="constrained")
@@ -141,7 +155,7 @@ def plot_refinement(rows: list[Row]) -> Figure | None:
                         ref = sum(v[idx] for v in vals) / len(vals) * 100
                         ax.axhline(ref, color=color[m], linestyle="--", linewidth=1.3,
                                    label=f"{model_label(m, settings)}: {s} (reference)")
-                own = [r for r in rows if _ok(r) and r["is_train_solver"] and model_key(r, settings) == m
+                own = [r for r in rows if ok(r) and r["is_train_solver"] and model_key(r, settings) == m
                        and r["test_solver"] == solver and r["test_steps"] is not None]
                 if own and idx == 0:
                     n0 = own[0]["test_steps"]
@@ -173,24 +187,15 @@ def plot_refinement(rows: list[Row]) -> Figure | None:
     return fig
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m odenet.refinement", description=__doc__.splitlines()[0])
-    parser.add_argument("dir", metavar="DIR", help="a sweep (multirun) directory")
-    parser.add_argument("--out", metavar="OUT", default=None, help="where to write (default: DIR)")
-    args = parser.parse_args(argv)
-    rows = collect(args.dir)
-    if not rows:
-        print(f"error: no metrics.json under {args.dir}", file=sys.stderr)
-        return 2
-    out = Path(args.out or args.dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "refinement.md").write_text(refinement_tables(rows))
-    print(out / "refinement.md")
-    fig = plot_refinement(rows)
-    if fig is not None:
-        print(save_figure(fig, out / "refinement.png"))
-    return 0
+@register_section("convergence test")
+def refinement_section(ctx: ReportContext) -> list[str] | None:
+    """Report section: :func:`refinement_tables` (None unless the runs share a refinement ladder)."""
+    if not refinement_ladders(ctx.rows) or not paired_changes(ctx.rows):
+        return None
+    return ["## Convergence test: accuracy as the test solver is refined", "", *refinement_tables(ctx.rows).split("\n")]
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+@register_plot("refinement.png")
+def refinement_plot(ctx: ReportContext) -> Figure | None:
+    """:func:`plot_refinement` (None unless the runs share a refinement ladder)."""
+    return plot_refinement(ctx.rows) if refinement_ladders(ctx.rows) else None

@@ -1,4 +1,4 @@
-"""Report section and plot for the ``learned_steps`` experiment, registered with :mod:`odenet.report`.
+"""Report section and plot for the ``learned_steps`` experiment, registered when :mod:`odenet.reports` is imported.
 
 They read each run's ``config.yaml`` (data set, block, ``optimizer.step_lr_scale``), ``history.csv`` (the
 learned ``h_0 .. h_{N-1}`` at every log step) and ``metrics.json`` (evaluations; ``analysis.adaptive_steps``:
@@ -8,22 +8,20 @@ return ``None`` for a sweep without learned step sizes or adaptive-step measurem
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from ..analysis.adaptive_steps import concentration, local_step_sizes, step_shares
-from ..runner.io import read_csv
-from . import core as report
-from .core import mean_std
+from ..runner.rundir import RunDirError
+from .collect import ReportContext
+from .markdown import md_table
+from .registry import register_plot, register_section
+from .stats import mean_std
 
-Row = dict[str, Any]
 Run = dict[str, Any]
 
 GRID_COLORS = {"uniform": "tab:blue", "learned": "tab:purple"}
@@ -44,15 +42,16 @@ def _grid_label(block: str | None, scale: float) -> str:
     return "uniform" if block == "residual" else str(block)
 
 
-def _runs(rows: list[Row], root: Path) -> list[Run]:
+def _runs(ctx: ReportContext) -> list[Run]:
     """The ok stack runs with learned steps or an adaptive-step measurement, with what the plots need."""
     out = []
-    for run_dir in dict.fromkeys(r["run_dir"] for r in rows):
-        path = root / run_dir
+    for run_dir, folder in ctx.run_dirs():
+        metrics = folder.metrics
+        if metrics is None:
+            continue
         try:
-            metrics = json.loads((path / report.METRICS).read_text())
-            cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
-        except (OSError, ValueError, yaml.YAMLError):
+            cfg = folder.config
+        except RunDirError:
             continue
         if metrics.get("status") != "ok":
             continue
@@ -61,14 +60,14 @@ def _runs(rows: list[Row], root: Path) -> list[Run]:
         adaptive = adaptive if isinstance(adaptive, dict) and "error" not in adaptive else None
         trajectory = (metrics.get("analysis") or {}).get("trajectory")
         speeds = trajectory.get("step_speeds") if isinstance(trajectory, dict) else None
-        history = read_csv(path / "history.csv")
+        history = folder.history
         cols = _h_columns(history)
         if not cols and adaptive is None:
             continue
-        scale = float(((cfg.get("optimizer") or {}).get("step_lr_scale")) or 1.0)
+        scale = float(cfg.optimizer.step_lr_scale or 1.0)
         out.append({
-            "dir": run_dir, "data": (cfg.get("data") or {}).get("name", "?"), "block": train.get("block"),
-            "steps": train.get("steps"), "T": float((cfg.get("block") or {}).get("T") or 1.0),
+            "dir": run_dir, "data": cfg.data.name or "?", "block": train.get("block"),
+            "steps": train.get("steps"), "T": float(cfg.block.T or 1.0),
             "grid": _grid_label(train.get("block"), scale), "seed": metrics.get("seed"),
             "evaluations": metrics.get("evaluations") or [], "adaptive": adaptive,
             "iterations": [int(float(r["iteration"])) for r in history] if cols else [],
@@ -193,9 +192,9 @@ def _speed_ratio(run: Run) -> float | None:
     return float(v[-1] / v[0]) if v and v[0] > 0 else None
 
 
-@report.register_section("learned_steps")
-def learned_steps_section(rows: list[Row], root: Path) -> list[str] | None:
-    runs = _runs(rows, root)
+@register_section("learned_steps")
+def learned_steps_section(ctx: ReportContext) -> list[str] | None:
+    runs = _runs(ctx)
     if not runs:
         return None
     groups = _groups(runs)
@@ -244,7 +243,7 @@ def learned_steps_section(rows: list[Row], root: Path) -> list[str] | None:
         f"4N uniform Euler steps, N rk4 steps and dopri5; and the adaptive re-solve of the trained field ({tol}, "
         "float64, on the analysis points): NFE (accepted / rejected steps).",
         "",
-        *report._md_table(
+        *md_table(
             ["data", "grid", "runs", "acc. own grid", "acc. uniform euler N", "acc. euler 4N", "acc. rk4 N",
              "acc. dopri5", "adaptive re-solve: NFE (acc. / rej. steps)"],
             acc_body,
@@ -259,7 +258,7 @@ def learned_steps_section(rows: list[Row], root: Path) -> list[str] | None:
         "(same convention; +1: the learned steps are large where the adaptive ones are). *Speed ratio*: "
         "‖F(t, x)‖ at the last step of the stack over that at the first (mean over the analysis points).",
         "",
-        *report._md_table(
+        *md_table(
             ["data", "grid", "max/min h", "max/min h mid-training", "max h/(T/N)", "effective fraction",
              "share of T by layer third", "step share per time third: own grid", "… adaptive solver",
              "rank corr. h_k vs adaptive", "speed ratio last/first step"],
@@ -277,11 +276,11 @@ def _step_line(ax: Any, starts: Sequence[float], sizes: Sequence[float], **kw: A
     ax.step(xs, ys, where="post", **kw)
 
 
-@report.register_dir_plot("learned_steps.png")
-def learned_steps_plot(rows: list[Row], root: Path) -> Figure | None:
+@register_plot("learned_steps.png")
+def learned_steps_plot(ctx: ReportContext) -> Figure | None:
     """Per data set: learned h_k against k over training (one panel per learned variant), the adaptive solver's
     steps against t on every trained field, and the speed ||F(t_k, x_k)|| along the stack."""
-    runs = _runs(rows, root)
+    runs = _runs(ctx)
     if not runs:
         return None
     groups = _groups(runs)

@@ -1,10 +1,11 @@
 """Tables and a figure for a step-size adaptation sweep, optionally against a grid search over fixed steps.
 
-``python -m odenet.adaptation_report DIR [--grid GRID] [--out OUT]`` reads every run under DIR trained with
-``adaptation.enabled=true`` (its ``metrics.json``, ``history.csv`` and ``adaptation.csv``) and, with
-``--grid``, the ``summary.csv`` of a fixed-step sweep (``step_size_ablation``; a file or the folder holding
-it). It writes ``adaptation.md`` (per-seed table, comparison table) and ``step_adaptation.png`` (h and NFE
-over training; test accuracy vs NFE for both) into OUT (default: DIR).
+Registered when :mod:`odenet.reports` is imported, for reports holding runs trained with
+``adaptation.enabled=true`` (their ``metrics.json``, ``history.csv`` and ``adaptation.csv``): the section
+"Step-size adaptation" (:func:`adaptation_tables`: per-seed table and, with a grid search, the comparison) and
+``step_adaptation.png`` (:func:`plot_adaptation`: h and NFE over training; test accuracy vs NFE for both).
+The grid search is the ``summary.csv`` of a fixed-step sweep (``step_size_ablation``; a file or the folder
+holding it) given as ``python -m odenet.report DIR --grid GRID``.
 
 NFE are field evaluations per forward pass: for the adapted runs the mean over all training iterations
 (what training cost) and the final one (what the trained model costs); the checks' own evaluations are
@@ -13,20 +14,25 @@ reported apart, as a fraction of the training forward NFE.
 
 from __future__ import annotations
 
-import argparse
-import json
+import logging
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
+from ..integrator import Integrator, fmt_h
 from ..runner.io import read_csv
-from .core import MAX_PNG_BYTES, Stats, fmt_h, save_figure, stats
+from .collect import SUMMARY, ReportContext
+from .registry import register_plot, register_section
+from .stats import Stats, sort_value, stats
 
-__all__ = ["load_adapted_runs", "load_grid", "adaptation_tables", "plot_adaptation", "main"]
+__all__ = ["adapted_runs", "load_grid", "adaptation_tables", "plot_adaptation", "adaptation_section"]
+
+log = logging.getLogger(__name__)
 
 
 def _num(value: Any) -> float | None:
@@ -38,17 +44,17 @@ def _num(value: Any) -> float | None:
         return None
 
 
-def load_adapted_runs(root: str | Path) -> list[dict[str, Any]]:
-    """One dict per finished adapted run under ``root``: seed, summary, evaluations, history, decisions."""
+def adapted_runs(ctx: ReportContext) -> list[dict[str, Any]]:
+    """One dict per finished adapted run of the report: seed, summary, evaluations, history, decisions."""
     runs = []
-    for path in sorted(Path(root).rglob("metrics.json")):
-        metrics = json.loads(path.read_text())
+    for _, folder in ctx.run_dirs():
+        metrics = folder.metrics or {}
         adaptation = (metrics.get("train") or {}).get("adaptation")
         if metrics.get("status") != "ok" or not adaptation:
             continue
-        history = read_csv(path.parent / "history.csv")
+        history = folder.history
         runs.append({
-            "run_dir": path.parent,
+            "run_dir": folder.path,
             "seed": metrics.get("seed"),
             "adaptation": adaptation,
             "evaluations": {
@@ -56,10 +62,10 @@ def load_adapted_runs(root: str | Path) -> list[dict[str, Any]]:
                 for ev in metrics.get("evaluations") or [] if ev.get("status") == "ok"
             },
             "history": history,
-            "decisions": read_csv(path.parent / "adaptation.csv"),
+            "decisions": folder.adaptation,
             "seconds": _num(history[-1].get("seconds")) if history else None,
         })
-    runs.sort(key=lambda r: (r["seed"] is None, r["seed"]))
+    runs.sort(key=lambda r: (r["seed"] is None, sort_value(r["seed"])))
     return runs
 
 
@@ -75,16 +81,19 @@ def load_grid(path: str | Path) -> Grid:
     """
     p = Path(path)
     if p.is_dir():
-        p = p / "summary.csv"
+        p = p / SUMMARY
     grid: Grid = {}
     for r in read_csv(p):
         n, acc = _num(r.get("train_steps")), _num(r.get("accuracy"))
         if acc is None or r.get("status") != "ok":
             continue
-        if r.get("train_solver") == "euler" and n is not None:
+        train = Integrator.from_record(r.get("train_solver") or None, r.get("train_steps"), r.get("train_step_size"))
+        if train is None:
+            continue
+        if train.name == "euler" and n is not None:
             key: Any = int(n)
-        elif r.get("train_solver") and n is None and not _num(r.get("train_step_size")):
-            key = str(r["train_solver"])  # trained through an adaptive solver
+        elif train.adaptive:
+            key = train.name  # trained through an adaptive solver
         else:
             continue
         cell, seed = grid.setdefault(key, {}), r.get("seed")
@@ -232,8 +241,6 @@ def _per_seed_table(runs: Sequence[dict[str, Any]], grid: Grid) -> list[str]:
 
 def plot_adaptation(runs: Sequence[dict[str, Any]], grid: Grid | None = None) -> Figure:
     """h and NFE over training per seed; test accuracy vs NFE for the adapted runs and the grid search."""
-    from matplotlib import colormaps
-
     cmap = colormaps["tab10"]
     fig = Figure(figsize=(15.5, 4.6), layout="constrained")
     ax_h, ax_nfe, ax_acc = fig.subplots(1, 3)
@@ -284,7 +291,7 @@ def plot_adaptation(runs: Sequence[dict[str, Any]], grid: Grid | None = None) ->
                title="Training cost")
     ax_acc.set(xlabel="NFE per forward (log₂ scale)", ylabel="test accuracy (%)",
                title="Test accuracy vs NFE")
-    _log2_axis(ax_h, "y", lambda v: f"{v:g}" if v >= 1 else f"1/{round(1 / v)}")
+    _log2_axis(ax_h, "y", fmt_h)
     _log2_axis(ax_acc, "x", lambda v: f"{v:g}")
     for ax in (ax_h, ax_nfe, ax_acc):
         ax.grid(True, alpha=0.3)
@@ -297,8 +304,6 @@ def plot_adaptation(runs: Sequence[dict[str, Any]], grid: Grid | None = None) ->
 
 def _log2_axis(ax: Any, which: str, label: Any) -> None:
     """Log2 scale on ``ax``'s ``which`` ("x" or "y") axis, a labelled tick at each power of 2 in the data range."""
-    from matplotlib.ticker import NullLocator
-
     getattr(ax, f"set_{which}scale")("log", base=2)
     lo, hi = sorted(getattr(ax, f"get_{which}lim")())
     ticks = [2.0**k for k in range(math.floor(math.log2(lo)), math.ceil(math.log2(hi)) + 1) if lo <= 2.0**k <= hi]
@@ -307,28 +312,31 @@ def _log2_axis(ax: Any, which: str, label: Any) -> None:
     getattr(ax, f"{which}axis").set_minor_locator(NullLocator())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m odenet.adaptation_report", description=__doc__.splitlines()[0])
-    parser.add_argument("dir", metavar="DIR", help="a sweep (multirun) directory of adapted runs")
-    parser.add_argument("--grid", metavar="GRID", default=None, help="summary.csv (or its dir) of a fixed-step sweep")
-    parser.add_argument("--out", metavar="OUT", default=None, help="where to write (default: DIR)")
-    args = parser.parse_args(argv)
-    runs = load_adapted_runs(args.dir)
+def _grid(ctx: ReportContext) -> Grid | None:
+    if ctx.grid is None:
+        return None
+
+    def load() -> Grid:
+        grid = load_grid(ctx.grid)  # type: ignore[arg-type]
+        if not grid:
+            log.warning("--grid %s: no euler-trained fixed-step rows (nothing to compare with)", ctx.grid)
+        return grid
+
+    return ctx.cached("step_adaptation grid", load) or None
+
+
+@register_section("step adaptation")
+def adaptation_section(ctx: ReportContext) -> list[str] | None:
+    """Report section: :func:`adaptation_tables` of the adapted runs, against ``--grid`` when given (None: no
+    adapted run)."""
+    runs = adapted_runs(ctx)
     if not runs:
-        print(f"error: no finished run with adaptation under {args.dir}", file=sys.stderr)
-        return 2
-    grid = load_grid(args.grid) if args.grid else None
-    if args.grid and not grid:
-        print(f"warning: no euler-trained fixed-step rows in {args.grid}", file=sys.stderr)
-    out = Path(args.out or args.dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "adaptation.md").write_text(adaptation_tables(runs, grid))
-    print(out / "adaptation.md")
-    path = save_figure(plot_adaptation(runs, grid), out / "step_adaptation.png")
-    assert path.stat().st_size <= MAX_PNG_BYTES
-    print(path)
-    return 0
+        return None
+    return ["## Step-size adaptation", "", *adaptation_tables(runs, _grid(ctx)).split("\n")]
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+@register_plot("step_adaptation.png")
+def adaptation_plot(ctx: ReportContext) -> Figure | None:
+    """:func:`plot_adaptation` of the adapted runs (None: no adapted run)."""
+    runs = adapted_runs(ctx)
+    return plot_adaptation(runs, _grid(ctx)) if runs else None

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 import odenet
 from odenet.analysis import adaptive_steps, concentration, local_step_sizes, step_shares
 from odenet.models import Classifier
-from odenet.reports.core import MAX_PNG_BYTES
+from odenet.reports import MAX_PNG_BYTES
 from odenet.reports.learned_steps import adaptive_at, spearman
 from odenet.runner import measure
 from odenet.runner.build import build_optimizer

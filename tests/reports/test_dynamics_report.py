@@ -1,4 +1,5 @@
-"""The augmentation and regularization experiments (smoke sweeps end to end) and odenet.reports.dynamics."""
+"""The augmentation and regularization experiments (smoke sweeps end to end) and their report modules,
+odenet.reports.augmentation and odenet.reports.regularization (with the shared views in odenet.reports.runs)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from torch import nn
 
 from odenet.blocks import ODEBlock, ResidualStack
 from odenet.models import Classifier
-from odenet.reports import dynamics as dyn
-from odenet.reports.core import MAX_PNG_BYTES, collect
+from odenet.reports import MAX_PNG_BYTES, ReportContext
+from odenet.reports import augmentation as aug
+from odenet.reports import regularization as reg
+from odenet.reports.runs import model_label
 from odenet.runner.config import load_config
 from odenet.runner.train import load_model, train_and_evaluate
 
@@ -100,7 +103,7 @@ def test_regularization_smoke_sweep(smoke_sweep):
 
 def test_model_labels_name_the_architecture_and_the_penalties():
     def label(*overrides: str) -> str:
-        return dyn.model_label(load_config(list(overrides)))
+        return model_label(load_config(list(overrides)))
 
     assert label("+experiment=augmentation", "+flow_model=node") == "NODE (dopri5)"
     assert label("+experiment=augmentation", "+flow_model=anode") == "ANODE +1 (dopri5)"
@@ -116,14 +119,14 @@ def test_mean_curve_averages_the_iterations_every_run_logged():
          {"iteration": "30", "nfe_forward": "32"}]
     b = [{"iteration": "10", "nfe_forward": "14"}, {"iteration": "20", "nfe_forward": ""},
          {"iteration": "30", "nfe_forward": "38"}]
-    it, mean, (lo, hi) = dyn.mean_curve([a, b], "nfe_forward")
+    it, mean, (lo, hi) = reg.mean_curve([a, b], "nfe_forward")
     assert it.tolist() == [10, 30]  # run b has no value at 20
     assert mean.tolist() == [17, 35] and lo.tolist() == [14, 32] and hi.tolist() == [20, 38]
-    assert dyn.mean_curve([a], "nfe_backward") is None
-    assert dyn.history_means(a, "nfe_forward", tail=0.34) == (pytest.approx(26), pytest.approx(29))
-    assert dyn.history_means(a, "kinetic") is None
-    assert dyn.first_below(a, "nfe_forward", 30) == 10 and dyn.first_below(b, "nfe_forward", 20) == 10
-    assert dyn.first_below(a, "nfe_forward", 20) is None  # never strictly below
+    assert reg.mean_curve([a], "nfe_backward") is None
+    assert reg.history_means(a, "nfe_forward", tail=0.34) == (pytest.approx(26), pytest.approx(29))
+    assert reg.history_means(a, "kinetic") is None
+    assert reg.first_below(a, "nfe_forward", 30) == 10 and reg.first_below(b, "nfe_forward", 20) == 10
+    assert reg.first_below(a, "nfe_forward", 20) is None  # never strictly below
 
 
 class _Rule(nn.Module):
@@ -139,12 +142,12 @@ class _Rule(nn.Module):
 
 
 def test_region_errors_measure_the_misclassified_area():
-    radial = dyn.region_errors(_Rule(lambda x: x.norm(dim=1) > 0.75), n=4000)
+    radial = aug.region_errors(_Rule(lambda x: x.norm(dim=1) > 0.75), n=4000)
     assert radial == {"disk_as_outer": 0.0, "annulus_as_inner": 0.0}  # g(x) itself
-    half = dyn.region_errors(_Rule(lambda x: x[:, 0] > 0), n=4000)  # a linear classifier on the plane
+    half = aug.region_errors(_Rule(lambda x: x[:, 0] > 0), n=4000)  # a linear classifier on the plane
     assert half["disk_as_outer"] == pytest.approx(0.5, abs=0.03)
     assert half["annulus_as_inner"] == pytest.approx(0.5, abs=0.03)
-    pts = dyn.uniform_ball_shell(4000, 1.0, 1.5)
+    pts = aug.uniform_ball_shell(4000, 1.0, 1.5)
     assert 1.0 <= float(pts.norm(dim=1).min()) and float(pts.norm(dim=1).max()) <= 1.5
     # uniform in area: the share inside r < 1.25 is (1.25² - 1) / (1.5² - 1) = 0.45
     assert float((pts.norm(dim=1) < 1.25).float().mean()) == pytest.approx(0.45, abs=0.03)
@@ -174,14 +177,14 @@ def test_measure_penalties_integrates_kinetic_energy_and_jacobian_with_the_block
         model = Classifier(nn.Identity(), block, nn.Identity()).eval()
         x = torch.randn(5, 3)
         state = torch.random.get_rng_state()
-        values = dyn.measure_penalties(model, x)
+        values = reg.measure_penalties(model, x)
         assert values["kinetic"] == pytest.approx(2.0 * float(c.pow(2).sum()), rel=1e-5)  # T ||c||^2
         assert values["jacobian"] == 0.0  # F does not depend on x
         assert not model.training and torch.equal(torch.random.get_rng_state(), state)
         assert model.block is block and not block.regularizers  # the model's own block untouched
     # F = a x: ||dF/dx||_F^2 = a^2 d exactly in expectation; Hutchinson with 4000 probes within 5 %
     model = Classifier(nn.Identity(), ODEBlock(_Linear(0.5), rtol=1e-7, atol=1e-9), nn.Identity())  # tolerances kept
-    values = dyn.measure_penalties(model, torch.ones(4000, 2))
+    values = reg.measure_penalties(model, torch.ones(4000, 2))
     assert values["jacobian"] == pytest.approx(0.25 * 2, rel=0.05)
     x0 = torch.ones(2)  # x(t) = e^{t/2} x0: int_0^1 ||x/2||^2 dt = ||x0||^2 (e - 1) / 4
     assert values["kinetic"] == pytest.approx(float(x0.pow(2).sum()) * (math.e - 1) / 4, rel=1e-5)
@@ -192,14 +195,15 @@ def test_sections_skip_a_sweep_without_their_data(tmp_path):
     dopri5-trained twin gets the dynamics section and both plots (2-D inputs, two classes)."""
     run = tmp_path / "run"
     train_and_evaluate(load_config([*SMOKE, "evaluation=none"]), run)
-    rows = collect(tmp_path)
-    assert dyn.dynamics_section(rows, tmp_path) is None
-    assert dyn.nfe_over_training_plot(rows, tmp_path) is None
-    assert dyn.penalties_section(rows, tmp_path) is None
-    assert dyn.topology_section(rows, tmp_path) is None
-    assert dyn.flows_plot(rows, tmp_path) is None
+    ctx = ReportContext.load(tmp_path)
+    assert reg.dynamics_section(ctx) is None
+    assert reg.nfe_over_training_plot(ctx) is None
+    assert reg.penalties_section(ctx) is None
+    assert aug.topology_section(ctx) is None
+    assert aug.flows_plot(ctx) is None
     train_and_evaluate(load_config([*SMOKE, "evaluation=none", "block=ode", "solver=dopri5"]), tmp_path / "ode")
-    rows = collect(tmp_path)
-    assert "| NODE (dopri5) | 1 |" in "\n".join(dyn.dynamics_section(rows, tmp_path))
-    assert dyn.nfe_over_training_plot(rows, tmp_path) is not None and dyn.flows_plot(rows, tmp_path) is not None
-    assert dyn.penalties_section(rows, tmp_path) is None and dyn.topology_section(rows, tmp_path) is None
+    ctx = ReportContext.load(tmp_path)
+    assert "| NODE (dopri5) | 1 |" in "\n".join(reg.dynamics_section(ctx))
+    assert reg.nfe_over_training_plot(ctx) is not None and aug.flows_plot(ctx) is not None
+    assert reg.penalties_section(ctx) is None and aug.topology_section(ctx) is None
+    assert set(ctx.runs) == {"run", "ode"} and ctx.run("ode").load_model() is ctx.run("ode").load_model()

@@ -1,4 +1,4 @@
-"""odenet.report: collecting metrics.json files into summary.csv, report.md and PNG plots."""
+"""odenet.reports: collecting metrics.json files into summary.csv, report.md and PNG plots; the CLI and callback."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from odenet.reports import core as report
-from odenet.reports.core import ReportCallback, collect, main, write_report
+from odenet.reports import BASE_COLUMNS, ReportCallback, collect, main, registry, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PLOT_NAMES = ["accuracy_vs_train_step.png", "accuracy_vs_test_steps.png", "nfe.png"]
-COLUMNS = ["solver.steps", *report.BASE_COLUMNS]
+# every model is tested with euler at N = 2, 4, 8: a refinement ladder, so the convergence test's plot too
+PLOT_NAMES = ["accuracy_vs_train_step.png", "accuracy_vs_test_steps.png", "nfe.png", "refinement.png"]
+COLUMNS = ["solver.steps", *BASE_COLUMNS]
 
 # Accuracy of seed 0 per (train N, test solver, test N); seed s adds 0.02 s. ``None`` test N: dopri5.
 BASE_ACC = {
@@ -119,7 +119,7 @@ def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]
 @pytest.fixture
 def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip the plots in tests about the tables (rendering dominates the runtime)."""
-    monkeypatch.setattr(report, "PLOTS", {})
+    monkeypatch.setattr(registry, "PLOTS", {})
 
 
 def _csv_value(v: Any) -> str:
@@ -212,6 +212,11 @@ def test_report_md_tables_failures_and_paths(reported: tuple[Path, list[Path]]) 
     assert f"python -m odenet.report {sweep.resolve()}" in md
     for name in PLOT_NAMES:
         assert f"({name})" in md
+    # the convergence test: the change of each network's accuracy against its own training solver, by seed
+    assert "## Convergence test: accuracy as the test solver is refined" in md
+    assert "### Trained with euler N=2 (h=1/2) (2 seeds)" in md
+    assert "| euler | change | +0.0 ± 0.0 | -30.0 ± 0.0 | -35.0 ± 0.0 |" in md
+    assert md.index("## Convergence test") < md.index("## All evaluations")
 
 
 def test_plots_are_small_valid_pngs(reported: tuple[Path, list[Path]]) -> None:
@@ -234,9 +239,9 @@ def test_plots_skipped_without_data_and_stale_ones_removed(tmp_path: Path) -> No
     assert "None." in (run / "report.md").read_text()  # no failures
 
 
-def test_single_run_with_several_test_steps_gets_only_that_plot(tmp_path: Path) -> None:
+def test_single_run_with_several_test_steps_gets_only_the_test_step_plots(tmp_path: Path) -> None:
     _write(tmp_path, _metrics(4, 0))
-    assert [p.name for p in write_report(tmp_path)[2:]] == ["accuracy_vs_test_steps.png"]
+    assert [p.name for p in write_report(tmp_path)[2:]] == ["accuracy_vs_test_steps.png", "refinement.png"]
 
 
 @pytest.mark.usefixtures("no_plots")
@@ -349,8 +354,8 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
             sys.modules["odenet"] = package
             sys.path.insert(0, sys.argv.pop(1))
             from test_report import _metrics
-            from odenet.reports import core as report
-            report.PLOTS.clear()  # tables only: rendering is covered elsewhere
+            from odenet.reports import registry
+            registry.PLOTS.clear()  # tables only: rendering is covered elsewhere
 
             @hydra.main(version_base=None, config_path=None, config_name=None)
             def task(cfg):
@@ -362,7 +367,7 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
             """
         )
     )
-    cmd = [sys.executable, str(app), str(REPO), str(REPO / "tests"), "-m", "+steps=2,4", "+seed=1"]
+    cmd = [sys.executable, str(app), str(REPO), str(Path(__file__).parent), "-m", "+steps=2,4", "+seed=1"]
     cmd += ["hydra.sweep.dir=multirun/${now:%H-%M-%S-%f}", "hydra/job_logging=disabled"]
     cmd += ["+hydra.callbacks.report._target_=odenet.report.ReportCallback"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=180)

@@ -1,4 +1,5 @@
-"""The step_size_ablation experiment: critical step size, folds of the step map, plane figure, smoke sweep."""
+"""The step_size_ablation experiment (odenet.reports.step_size_ablation, odenet.reports.plane): critical step size,
+folds of the step map, plane figure, the registry's handling of a failing section, smoke sweep."""
 
 from __future__ import annotations
 
@@ -14,19 +15,13 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from odenet import ResidualStack
+from odenet.analysis.folds import fold_fraction, step_jacobian_determinants
 from odenet.fields import Augment
 from odenet.models import Classifier
-from odenet.reports import core as report
+from odenet.reports import MAX_PNG_BYTES, ReportContext, registry, save_figure, write_report
 from odenet.reports import step_size_ablation as step_size
-from odenet.reports.step_size_ablation import (
-    PlaneModel,
-    critical_step_sizes,
-    fold_fraction,
-    is_finer,
-    plane_figure,
-    step_factor_table,
-    step_jacobian_determinants,
-)
+from odenet.reports.plane import PLANE_PLOT, PlaneModel, plane_figure
+from odenet.reports.step_size_ablation import critical_step_sizes, is_finer, step_factor_table
 from odenet.runner.config import load_config
 
 RUNNER_COLUMNS = ("train_solver", "train_steps", "test_solver", "test_steps", "accuracy", "nfe", "seed", "status")
@@ -182,8 +177,8 @@ def test_plane_figure_on_a_tiny_model(tmp_path: Path):
     lines = panels[2].get_lines()
     assert len(lines) == 2 * (2 * 3 + 2)
     assert sum(line.get_linestyle() == "--" for line in lines) == 8
-    path = report.save_figure(fig, tmp_path / "plane.png")
-    assert 0 < path.stat().st_size <= report.MAX_PNG_BYTES
+    path = save_figure(fig, tmp_path / "plane.png")
+    assert 0 < path.stat().st_size <= MAX_PNG_BYTES
     with pytest.raises(ValueError, match="2-D inputs"):
         plane_figure([PlaneModel("m", mlp)], torch.randn(4, 3), torch.zeros(4, dtype=torch.long))
 
@@ -194,7 +189,7 @@ def odenet_mlp() -> nn.Module:
     return MLPField(3, hidden=8, depth=2, activation="relu", time="concat")
 
 
-# --- the report extension mechanism -------------------------------------------------------------
+# --- the report registry -------------------------------------------------------------
 
 
 def test_a_failing_extension_is_logged_and_skipped(tmp_path: Path, monkeypatch, caplog):
@@ -205,14 +200,17 @@ def test_a_failing_extension_is_logged_and_skipped(tmp_path: Path, monkeypatch, 
                                 "status": "ok", "is_train_solver": True}]}  # fmt: skip
     (run / "metrics.json").write_text(json.dumps(metrics))
 
-    def broken(rows: list[dict[str, Any]], root: Path) -> list[str]:
+    def broken(ctx: ReportContext) -> list[str]:
         raise RuntimeError("extension bug")
 
-    monkeypatch.setattr(report, "PLOTS", {})
-    monkeypatch.setattr(report, "SECTIONS", {"broken": broken, "fine": lambda rows, root: ["## Extra", "", "hello"]})
-    monkeypatch.setattr(report, "DIR_PLOTS", {"broken.png": broken})
+    def fine(ctx: ReportContext) -> list[str]:
+        assert [r["run_dir"] for r in ctx.rows] == ["."] and ctx.run(".").metrics == metrics
+        return ["## Extra", "", "hello"]
+
+    monkeypatch.setattr(registry, "SECTIONS", {"broken": broken, "fine": fine})
+    monkeypatch.setattr(registry, "PLOTS", {"broken.png": broken})
     with caplog.at_level(logging.ERROR, logger="odenet.reports"):
-        paths = report.write_report(run)
+        paths = write_report(run)
     assert [p.name for p in paths] == ["summary.csv", "report.md"]
     md = (run / "report.md").read_text()
     assert "## Extra\n\nhello\n" in md and md.index("## Extra") < md.index("## All evaluations")
@@ -261,6 +259,10 @@ def test_smoke_sweep_report_has_the_step_size_sections_and_plot(ablation_sweep: 
     for heading in ("## Critical step size", "## Step factors", "## Folds of the step map"):
         assert heading in md
     assert "**Critical step size (trained with euler)" in md
-    plane = ablation_sweep / step_size.PLANE_PLOT
-    assert plane.is_file() and 0 < plane.stat().st_size <= report.MAX_PNG_BYTES
-    assert f"({step_size.PLANE_PLOT})" in md
+    plane = ablation_sweep / PLANE_PLOT
+    assert plane.is_file() and 0 < plane.stat().st_size <= MAX_PNG_BYTES
+    assert f"({PLANE_PLOT})" in md
+    # in the order of the recorded reports: the step-size sections, then the folds (odenet.reports.plane)
+    positions = [md.index(h) for h in ("## Critical step size", "## Step factors", "## Folds of the step map")]
+    assert positions == sorted(positions)
+    assert "## Convergence test" not in md and "## Step-size adaptation" not in md  # their data do not fit

@@ -1,0 +1,68 @@
+"""``python -m odenet.report DIR [--out OUT] [--grid GRID]`` and the Hydra callback that runs it after a sweep."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from .collect import ReportError
+from .write import write_report
+
+log = logging.getLogger(__name__)
+
+
+class ReportCallback(Callback):
+    """Hydra callback: write the report into the sweep dir when a multirun ends.
+
+    Enable with ``hydra.callbacks.report._target_=odenet.reports.ReportCallback``. It never raises:
+    a sweep that produced nothing, or a failure while reporting, is logged and the sweep ends normally.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+        except Exception as err:
+            log.warning("report: cannot resolve hydra.sweep.dir (%s); no report written", err)
+            return
+        try:
+            paths = write_report(sweep_dir)
+        except ReportError as err:
+            log.warning("report: %s; no report written", err)
+            return
+        except Exception:
+            log.exception("report: writing the report for %s failed", sweep_dir)
+            return
+        log.info("report: wrote %s", ", ".join(str(p) for p in paths))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m odenet.report DIR [--out OUT] [--grid GRID]``: write the report and print the paths written."""
+    parser = argparse.ArgumentParser(
+        prog="python -m odenet.report",
+        description="Collect every metrics.json under DIR into summary.csv, report.md and PNG plots.",
+    )
+    parser.add_argument("dir", metavar="DIR", help="a run or sweep (multirun) directory")
+    parser.add_argument("--out", metavar="OUT", default=None, help="where to write (default: DIR)")
+    parser.add_argument(
+        "--grid",
+        metavar="GRID",
+        default=None,
+        help="a fixed-step sweep to compare step-size adaptation with: its summary.csv, or the folder holding it",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        paths = write_report(args.dir, args.out, grid=args.grid)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(p)
+    return 0

@@ -1,0 +1,107 @@
+"""Report section and plot for the ``depth_smoothness`` experiment (Sander et al. 2022, Cohen et al. 2021): are
+trained untied weights smooth in depth?
+
+Registered when :mod:`odenet.reports` is imported. Both read each run's ``metrics.json`` (``analysis.depth``,
+written by ``odenet.runner.measure``) and ``config.yaml`` (field, data and initialisation: the task), and
+return ``None`` when no run has the measurement.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from ..analysis.depth import loglog_slope
+from .collect import ReportContext
+from .markdown import md_table
+from .registry import register_plot, register_section
+from .runs import Run, ok_runs
+
+
+def _depth_data(ctx: ReportContext) -> dict[str, dict[int, list[dict[str, Any]]]] | None:
+    by: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for m in ok_runs(ctx):
+        d = m.analysis("depth")
+        if d is None:
+            continue
+        by.setdefault(_task_name(m), {}).setdefault(int(d["layers"]), []).append(d)
+    return by or None
+
+
+def _task_name(run: Run) -> str:
+    try:
+        cfg = run.cfg
+        f = cfg.field
+        init = "zero init" if f.get("zero_init") else "tied init" if f.get("tied_init") else "i.i.d. init"
+        return f"{cfg.field.kind} field on {cfg.data.name} ({init})"
+    except Exception:
+        return "?"
+
+
+def _fit(ls: list[int], values: list[float]) -> str:
+    pairs = [(x, v) for x, v in zip(ls, values) if v > 0]
+    if len(pairs) < 2:
+        return "–"
+    f = loglog_slope([p[0] for p in pairs], [p[1] for p in pairs])
+    return f"{f.slope:.3f} (R² {f.r2:.3f})"
+
+
+@register_section("depth_smoothness")
+def depth_section(ctx: ReportContext) -> list[str] | None:
+    """Max and RSS of the per-step weight increments against depth L, per task, with their log-log slopes."""
+    by = _depth_data(ctx)
+    if by is None:
+        return None
+    lines = [
+        "## Smoothness in depth",
+        "",
+        "θ_k: all parameters of step k flattened; max and RSS of ‖θ_{k+1} − θ_k‖ over k (mean over runs); "
+        "slope: least-squares fit of log(value) against log L (−1: smooth limit, 0: no limit, "
+        "Cohen et al.).",
+        "",
+    ]
+    for task, d in sorted(by.items()):
+        ls = sorted(d)
+        maxes = [statistics.fmean(x["max"] for x in d[n]) for n in ls]
+        rss = [statistics.fmean(x["rss"] for x in d[n]) for n in ls]
+        lines += [f"### {task}", ""]
+        lines += md_table(["L", "runs", "max increment", "RSS of increments"],
+                          [[str(n), str(len(d[n])), f"{a:.4g}", f"{b:.4g}"] for n, a, b in zip(ls, maxes, rss)])
+        lines += [f"Log-log slope in L: max increment {_fit(ls, maxes)}; RSS {_fit(ls, rss)}.", ""]
+    return lines
+
+
+@register_plot("depth_smoothness.png")
+def depth_plot(ctx: ReportContext) -> Figure | None:
+    """Max and RSS of the increments against depth L (log-log), with the fitted slopes."""
+    by = _depth_data(ctx)
+    if by is None or not any(len(d) > 1 for d in by.values()):
+        return None
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    cmap = colormaps["tab10"]
+    for i, (task, d) in enumerate(sorted(by.items())):
+        ls = sorted(d)
+        for ax, key in zip(axes, ("max", "rss")):
+            ys = [statistics.fmean(x[key] for x in d[n]) for n in ls]
+            ax.plot(ls, ys, marker="o", color=cmap(i), linestyle="none", label=task)
+            pairs = [(x, y) for x, y in zip(ls, ys) if y > 0]
+            if len(pairs) >= 2:
+                f = loglog_slope([p[0] for p in pairs], [p[1] for p in pairs])
+                xs = np.asarray([p[0] for p in pairs], dtype=float)
+                ax.plot(xs, np.exp(f.intercept) * xs**f.slope, color=cmap(i), linestyle="--",
+                        label=f"fit: slope {f.slope:.2f}")
+    for ax, title in zip(axes, ("max_k ‖θ_{k+1} − θ_k‖", "sqrt(Σ_k ‖θ_{k+1} − θ_k‖²)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("depth L (number of steps, h = 1/L; log₂ scale)")
+        ax.set_ylabel(f"{title} (log scale)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Smoothness in depth of trained untied ResNets: increments of the per-step weights vs depth")
+    return fig

@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 class ReportCallback(Callback):
     """Hydra callback: write the report into the sweep dir when a multirun ends.
 
-    Enable with ``hydra.callbacks.report._target_=odenet.reports.ReportCallback``. It never raises:
-    a sweep that produced nothing, or a failure while reporting, is logged and the sweep ends normally.
+    Enable with ``hydra.callbacks.report._target_=odenet.reports.ReportCallback``. A sweep that produced nothing
+    is logged and ends normally; a report that could not be written (a full disk, a read-only folder) makes the
+    sweep command fail, the files already there left as they were.
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -36,6 +37,9 @@ class ReportCallback(Callback):
         except ReportError as err:
             log.warning("report: %s; no report written", err)
             return
+        except OSError as err:
+            log.error("report: could not write the report into %s: %s", sweep_dir, err)
+            raise SystemExit(1) from None
         except Exception:
             log.exception("report: writing the report for %s failed", sweep_dir)
             return
@@ -63,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only folder: the files already there are left as they were
+        print(f"error: could not write the report into {args.out or args.dir}: {err}", file=sys.stderr)
+        return 1
     for p in paths:
         print(p)
     return 0

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from ..integrator import fmt_h
+from ..runner.io import atomic_write
 from .collect import ReportContext, Row
 from .markdown import fmt, model_label
 from .registry import register_plot
@@ -55,7 +56,7 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
             data = _palette_png(data)
         if len(data) <= MAX_PNG_BYTES:
             break
-    path.write_bytes(data)
+    atomic_write(path, lambda f: f.write(data), binary=True)
     return path
 
 

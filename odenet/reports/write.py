@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..runner.io import atomic_write
 from ..runner.io import write_csv as atomic_csv
 from . import registry
 from .collect import METRICS, REPORT, SUMMARY, ReportContext, ReportError, Row, columns
@@ -45,5 +46,6 @@ def write_report(dir: str | Path, out_dir: str | Path | None = None, grid: str |
             continue
         pngs.append(save_figure(fig, path))
     md_path = out / REPORT
-    md_path.write_text(render_markdown(ctx, [csv_path, *pngs], out, registry.sections(ctx)))
+    text = render_markdown(ctx, [csv_path, *pngs], out, registry.sections(ctx))
+    atomic_write(md_path, lambda f: f.write(text))
     return [csv_path, md_path, *pngs]

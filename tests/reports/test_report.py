@@ -377,3 +377,42 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
     assert header == COLUMNS  # the overrides come from metrics.json, as the runner writes them
     assert [(r["run_dir"], r["seed"]) for r in rows] == [("0", "1")] * 6 + [("1", "1")] * 6
     assert (sweep_dir / "report.md").is_file()
+
+
+def test_a_full_disk_during_a_report_fails_the_command_and_keeps_the_old_files(tmp_path, monkeypatch, capsys):
+    import errno
+    import os as os_module
+
+    from odenet.reports import main as report_main
+
+    run = tmp_path / "sweep" / "seed=0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({
+        "status": "ok", "seed": 0, "overrides": {"seed": "0"},
+        "train": {"solver": "euler", "steps": 4, "step_size": 0.25},
+        "evaluations": [{"test_solver": "euler", "test_steps": 4, "test_step_size": 0.25, "accuracy": 0.9,
+                         "loss": 0.3, "nfe": 4.0, "status": "ok", "is_train_solver": True}]}))
+    sweep = tmp_path / "sweep"
+    assert report_main([str(sweep)]) == 0
+    before = {p.name: p.read_bytes() for p in sweep.iterdir() if p.is_file()}
+    real_fdopen = os_module.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os_module, "fdopen", lambda fd, mode="r", *a, **k: Full(real_fdopen(fd, mode, *a, **k)))
+    assert report_main([str(sweep)]) == 1
+    monkeypatch.undo()
+    assert "No space left on device" in capsys.readouterr().err
+    after = {p.name: p.read_bytes() for p in sweep.iterdir() if p.is_file()}
+    assert after == before  # every file as it was, and no temp file left behind

@@ -198,6 +198,7 @@ class Config:
     # torch intra-op CPU threads (None: torch's default). 1 is fastest for small models, and keeps a job from
     # crawling when the machine's cores are shared (OpenMP threads spin-waiting on each other).
     threads: int | None = None
+    smoke: bool = False  # a smoke run (+debug=smoke): checks the machinery in seconds; its numbers mean nothing
     data: DataConfig = default(default_factory=DataConfig)
     field: FieldConfig = default(default_factory=FieldConfig)
     model: ModelConfig = default(default_factory=ModelConfig)

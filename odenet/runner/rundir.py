@@ -74,6 +74,8 @@ class Metrics(TypedDict, total=False):
     task: str
     threads: int
     fingerprint: str
+    smoke: bool  # a +debug=smoke run: its numbers mean nothing
+    baseline_accuracy: float | None  # always predicting the majority training class, on the test set
     train: TrainRecord
     evaluations: list[EvaluationRecord]
     analysis: dict[str, Any]

@@ -53,6 +53,14 @@ def load_data(cfg: Config) -> Dataset:
     return data
 
 
+def majority_accuracy(data: Dataset) -> float | None:
+    """The test accuracy of always predicting the most frequent training class (None for regression)."""
+    if data.task != "classification":
+        return None
+    majority = int(torch.bincount(data.y_train, minlength=data.num_classes).argmax())
+    return float((data.y_test == majority).float().mean())
+
+
 def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | None = None) -> Metrics:
     """Train the configured model into ``out_dir`` (resuming from its checkpoint), then evaluate it.
 
@@ -94,7 +102,8 @@ def _train(cfg: Config, run: RunDir, key: str, model: Classifier, data: Dataset,
                       cfg.seed), grad_scaler(model, device), adapter, run, key, total)
     metrics: Metrics = {
         "status": "running", "reason": None, "seed": cfg.seed, "overrides": dict(overrides), "task": data.task,
-        "threads": torch.get_num_threads(), "fingerprint": key,
+        "threads": torch.get_num_threads(), "fingerprint": key, "smoke": bool(cfg.smoke),
+        "baseline_accuracy": majority_accuracy(data),
         "train": {**train_record(cfg, model), "iterations": total, "parameters": count_parameters(model),
                   "parameter_breakdown": parameter_breakdown(model)},
         "evaluations": [],

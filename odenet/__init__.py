@@ -5,8 +5,9 @@ same field be integrated as a discrete ResNet, a plain net, a learned-step stack
 torchdiffeq ODE block, and swapped between them without retraining.
 """
 
-from .blocks import Block, ODEBlock, ResidualStack, SolverError, make_block
-from .fields import Augment, ConvField, DepthIndexedField, MLPField, augment
+from .blocks import Block, NonFiniteStateError, ODEBlock, ResidualStack, SolverError, make_block, raised_by_field
+from .fields import Augment, ConvField, DepthIndexedField, LinearField, MLPField, augment
+from .integrator import Integrator
 from .regularization import RegularizedDynamics
 from .solvers import SCHEMES, ButcherTableau, register_scheme
 
@@ -16,7 +17,10 @@ __all__ = [
     "ButcherTableau",
     "ConvField",
     "DepthIndexedField",
+    "Integrator",
+    "LinearField",
     "MLPField",
+    "NonFiniteStateError",
     "ODEBlock",
     "RegularizedDynamics",
     "ResidualStack",
@@ -24,6 +28,7 @@ __all__ = [
     "SolverError",
     "augment",
     "make_block",
+    "raised_by_field",
     "register_scheme",
 ]
 __version__ = "0.1.0"

@@ -12,6 +12,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ._args import ArgumentTypeError, check_flag, check_int, check_number
+
 TimeMode = Literal["none", "concat"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -29,6 +31,8 @@ TIME_MODES = ("none", "concat")
 
 def make_activation(name: str) -> nn.Module:
     """A fresh activation module by name; a ValueError lists the valid names otherwise."""
+    if not isinstance(name, str):
+        raise ArgumentTypeError(f"activation must be a name among {sorted(ACTIVATIONS)}, got {name!r}")
     try:
         return ACTIVATIONS[name]()
     except KeyError:
@@ -36,13 +40,14 @@ def make_activation(name: str) -> nn.Module:
 
 
 def _check_time_mode(time: str) -> None:
+    if not isinstance(time, str):
+        raise ArgumentTypeError(f"time must be one of {list(TIME_MODES)}, got {time!r} ({type(time).__name__})")
     if time not in TIME_MODES:
         raise ValueError(f"unknown time conditioning {time!r}; time must be one of {list(TIME_MODES)}")
 
 
 def _check_positive_int(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_int(name, value, low=1)
 
 
 def _time_like(t: Tensor | float, x: Tensor, dim: int) -> Tensor:
@@ -95,6 +100,7 @@ class LinearField(nn.Module):
     def __init__(self, dim: int, zero_init: bool = False) -> None:
         super().__init__()
         _check_positive_int("dim", dim)
+        check_flag("zero_init", zero_init)
         self.linear = nn.Linear(dim, dim, bias=False)
         if zero_init:
             nn.init.zeros_(self.linear.weight)
@@ -128,9 +134,12 @@ class ConvField(nn.Module):
         super().__init__()
         for name, value in (("channels", channels), ("hidden", hidden), ("depth", depth), ("groups", groups)):
             _check_positive_int(name, value)
-        if kernel % 2 != 1 or kernel < 1:
+        check_int("kernel", kernel, low=1)
+        if kernel % 2 != 1:
             raise ValueError(f"kernel must be a positive odd integer (shape-preserving padding), got {kernel!r}")
         _check_time_mode(time)
+        check_flag("groupnorm", groupnorm)
+        check_flag("preact", preact)
         self.channels, self.time = channels, time
         extra = 1 if time == "concat" else 0
         widths = [channels] + [hidden] * (depth - 1) + [channels]
@@ -177,11 +186,20 @@ class DepthIndexedField(nn.Module):
 
     def __init__(self, make_field: Callable[[], nn.Module], depth: int, T: float = 1.0) -> None:
         super().__init__()
+        if isinstance(make_field, nn.Module):
+            raise TypeError(
+                f"make_field must be a function returning a fresh field (one per layer), not the field "
+                f"{type(make_field).__name__} itself: pass lambda: {type(make_field).__name__}(...)"
+            )
+        if not callable(make_field):
+            raise TypeError(f"make_field must be a callable returning a fresh field, got {type(make_field).__name__}")
         _check_positive_int("depth", depth)
-        if not T > 0:
-            raise ValueError(f"T must be positive, got {T!r}")
-        self.depth, self.T = depth, float(T)
-        self.layers = nn.ModuleList(make_field() for _ in range(depth))
+        self.depth, self.T = depth, check_number("T", T, low=0.0, low_open=True)
+        layers = [make_field() for _ in range(depth)]
+        for layer in layers:
+            if not isinstance(layer, nn.Module):
+                raise TypeError(f"make_field must return an nn.Module field, got {type(layer).__name__}")
+        self.layers = nn.ModuleList(layers)
 
     def index(self, t: Tensor | float) -> int:
         """The layer used at time ``t``."""
@@ -196,8 +214,19 @@ class DepthIndexedField(nn.Module):
         return self.layers[self.index(t)](t, x)
 
 
+def _check_extra_dim(extra: int, dim: int) -> None:
+    check_int("extra", extra, low=0)
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise ArgumentTypeError(f"dim must be an integer (the axis to pad), got {dim!r} ({type(dim).__name__})")
+
+
 def augment(x: Tensor, extra: int, dim: int = -1) -> Tensor:
     """Append ``extra`` zeros to ``x`` along ``dim`` (ANODE's augmented state)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+    _check_extra_dim(extra, dim)
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"dim={dim} is out of range for a state of shape {tuple(x.shape)}")
     if extra == 0:
         return x
     shape = list(x.shape)
@@ -214,8 +243,7 @@ class Augment(nn.Module):
 
     def __init__(self, extra: int, dim: int = -1) -> None:
         super().__init__()
-        if not isinstance(extra, int) or extra < 0:
-            raise ValueError(f"extra must be a non-negative integer, got {extra!r}")
+        _check_extra_dim(extra, dim)
         self.extra, self.dim = extra, dim
 
     def forward(self, x: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._args import check_flag, check_int
 from .blocks import Block
 from .fields import Augment
 
@@ -47,6 +48,13 @@ class Classifier(nn.Module):
 
     def __init__(self, stem: nn.Module, block: Block, head: nn.Module, amp_dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        for name, module in (("stem", stem), ("block", block), ("head", head)):
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
+        if amp_dtype is not None and amp_dtype not in AMP_DTYPES.values():
+            raise ValueError(
+                f"amp_dtype must be None (full precision) or one of {list(AMP_DTYPES.values())}, got {amp_dtype!r}"
+            )
         self.stem, self.block, self.head = stem, block, head
         self.amp_dtype = amp_dtype
 
@@ -70,11 +78,17 @@ class Classifier(nn.Module):
 
 def group_norm(channels: int, groups: int = NORM_GROUPS) -> nn.GroupNorm:
     """GroupNorm with ``groups`` groups, or the largest divisor of ``channels`` below it (``gcd``)."""
+    check_int("channels", channels)
+    check_int("groups", groups)
     return nn.GroupNorm(math.gcd(groups, channels), channels)
 
 
 def vector_stem(in_features: int, width: int | None, augment: int) -> tuple[nn.Module, int]:
     """Flatten, then a linear lift to ``width`` (if given) and ANODE zero padding; returns (stem, state dim)."""
+    check_int("in_features", in_features)
+    if width is not None:
+        check_int("width", width)
+    check_int("augment", augment, low=0)
     layers: list[nn.Module] = [nn.Flatten()]
     dim = in_features
     if width is not None:
@@ -97,8 +111,13 @@ def image_stem(
     groups (32: Chen et al.'s; keep several channels per group, e.g. 8 for 16 channels: one channel per
     group is instance norm, which before the head's pooling erases most of what the state carries).
     """
-    if kind not in IMAGE_STEMS:
-        raise ValueError(f"unknown model.stem={kind!r}; model.stem must be one of {list(IMAGE_STEMS)}")
+    if not isinstance(kind, str) or kind not in IMAGE_STEMS:
+        raise ValueError(f"unknown stem kind={kind!r} (model.stem); kind must be one of {list(IMAGE_STEMS)}")
+    check_int("in_channels", in_channels)
+    if width is not None:
+        check_int("width", width)
+    check_int("augment", augment, low=0)
+    check_int("groups", groups)
     layers: list[nn.Module] = []
     channels = in_channels
     if kind == "downsample":
@@ -122,12 +141,18 @@ def image_stem(
 
 
 def vector_head(dim: int, num_classes: int) -> nn.Module:
+    check_int("dim", dim)
+    check_int("num_classes", num_classes)
     return nn.Linear(dim, num_classes)
 
 
 def image_head(channels: int, num_classes: int, norm: bool = False, groups: int = NORM_GROUPS) -> nn.Module:
     """Global average pooling and a linear layer; ``norm=True`` puts GroupNorm (``groups``) and ReLU first
     (Chen et al.'s head)."""
+    check_int("channels", channels)
+    check_int("num_classes", num_classes)
+    check_flag("norm", norm)
+    check_int("groups", groups)
     layers: list[nn.Module] = [group_norm(channels, groups), nn.ReLU()] if norm else []
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
 

@@ -15,10 +15,12 @@ Norms are sums over a sample's features; ``RegularizedDynamics.split`` returns p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from ._args import ArgumentTypeError
 
 __all__ = ["REGULARIZERS", "NOISES", "RegularizedDynamics", "check_regularizers"]
 
@@ -28,6 +30,17 @@ NOISES = ("gaussian", "rademacher")
 
 def check_regularizers(regularizers: Sequence[str], noise: str) -> tuple[str, ...]:
     """The regulariser names in canonical order; a ValueError for an unknown name or noise."""
+    if isinstance(regularizers, (str, bytes)) or not isinstance(regularizers, Iterable):
+        raise ArgumentTypeError(
+            f"regularizers must be a sequence of names among {list(REGULARIZERS)} (e.g. ['kinetic']), "
+            f"got {regularizers!r}"
+        )
+    regularizers = tuple(regularizers)
+    for name in regularizers:
+        if not isinstance(name, str):
+            raise ArgumentTypeError(f"regularizers must be names among {list(REGULARIZERS)}, got {name!r}")
+    if not isinstance(noise, str):
+        raise ArgumentTypeError(f"noise must be one of {list(NOISES)}, got {noise!r} ({type(noise).__name__})")
     unknown = set(regularizers) - set(REGULARIZERS)
     if unknown:
         raise ValueError(f"unknown regularizers {sorted(unknown)}; regularizers must be among {list(REGULARIZERS)}")
@@ -52,6 +65,8 @@ class RegularizedDynamics(nn.Module):
 
     def __init__(self, field: nn.Module, regularizers: Sequence[str], noise: str = "gaussian") -> None:
         super().__init__()
+        if not isinstance(field, nn.Module):
+            raise TypeError(f"field must be an nn.Module with forward(t, x) -> dx/dt, got {type(field).__name__}")
         self.field = field
         self.regularizers = check_regularizers(regularizers, noise)
         if not self.regularizers:

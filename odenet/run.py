@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .runner.config import CONFIG_PATH, precheck, register_configs
+from .runner.config import CONFIG_PATH, experiment_dir, precheck, register_configs
 
 log = logging.getLogger("odenet")
 
@@ -32,9 +32,9 @@ def _task_overrides() -> dict[str, str]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | list[float] | None:
     from .blocks import SolverError  # torch is imported only once the config has composed
-    from .runner.train import TrainingDiverged, train_and_evaluate
+    from .runner.train import TrainingDiverged, objective, train_and_evaluate
     from .runner.validate import ConfigError
 
     hc = HydraConfig.get()
@@ -62,12 +62,45 @@ def main(cfg: DictConfig) -> float | None:
         else:
             log.info("test %-8s %-10s failed: %s", ev["test_solver"], steps, ev["reason"])
     log.info("wrote %s", out_dir)
-    train_eval = metrics["evaluations"][0]
-    return train_eval["accuracy"]
+    return objective(cfg, metrics)  # type: ignore[arg-type]
+
+
+def experiments() -> dict[str, str]:
+    """Every ``conf/experiment/NAME.yaml`` and the first line of its description."""
+    out = {}
+    for path in sorted(Path(experiment_dir()).glob("*.yaml")):
+        lines = [ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")]
+        lines = [ln for ln in lines if ln and not ln.startswith("@package")]
+        text = (lines[0] if lines else "").rstrip(":")
+        out[path.stem] = text if len(text) <= 90 else text[:88].rsplit(" ", 1)[0] + " …"
+    return out
+
+
+HELP = """usage: odenet [+experiment=NAME] [group=option ...] [key=value ...] [-m]   (same as python -m odenet.run)
+
+Train and evaluate one model (or, with -m or an experiment that sweeps, one per job) into a run folder.
+
+experiments (+experiment=NAME; add +debug=smoke to run any of them in seconds):
+{experiments}
+
+examples:
+  odenet                                          one run: sphere2, MLP field, 8 Euler steps
+  odenet +experiment=step_size_ablation           a recorded experiment (a sweep)
+  odenet -m solver.steps=4,16 seed=0,1,2          any sweep
+  odenet block=ode solver=dopri5 --cfg job        print the composed config, run nothing
+  python -m odenet.report DIR                     summary.csv, report.md and plots of a run or sweep
+
+Config groups, keys and Hydra's own flags: odenet --hydra-help; shell completion: eval "$(odenet -sc install=bash)".
+"""
 
 
 def cli() -> None:
     """``python -m odenet.run`` / ``odenet``: a config error is one line and exit status 2, before torch loads."""
+    if sys.argv[1:] in (["--help"], ["-h"]):
+        width = max(map(len, experiments()), default=0)
+        listing = "\n".join(f"  {name:<{width}}  {text}" for name, text in experiments().items())
+        print(HELP.format(experiments=listing))
+        return
     if os.environ.get("HYDRA_FULL_ERROR") != "1":
         error = precheck(sys.argv[1:])
         if error:

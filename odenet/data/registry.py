@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 TASKS = ("classification", "regression")
@@ -25,6 +26,9 @@ class Dataset:
     #: ``classification`` (int64 labels, cross-entropy) or ``regression`` (float32 targets ``(n, num_classes)``,
     #: mean squared error; ``num_classes`` is then the number of output features).
     task: str = "classification"
+    #: an optional validation split held out from the training set (``Dataset.split_validation``)
+    x_val: Tensor | None = field(default=None, repr=False)
+    y_val: Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -34,6 +38,18 @@ class Dataset:
                 f"dataset {self.name!r}: inputs and labels differ in length "
                 f"(train {len(self.x_train)} vs {len(self.y_train)}, test {len(self.x_test)} vs {len(self.y_test)})"
             )
+
+    def split_validation(self, fraction: float, seed: int) -> Dataset:
+        """A copy with a seeded ``fraction`` of the training set moved to ``x_val`` / ``y_val``."""
+        n = len(self.x_train)
+        n_val = round(fraction * n)
+        if not 1 <= n_val < n:
+            raise ValueError(f"a validation fraction of {fraction} leaves {n_val} of {n} training examples for "
+                             "validation: choose one that gives at least one example to each side")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(10_007 + seed))
+        val, train = perm[:n_val], perm[n_val:]
+        return Dataset(self.name, self.x_train[train], self.y_train[train], self.x_test, self.y_test,
+                       self.num_classes, self.task, self.x_train[val], self.y_train[val])
 
     @property
     def input_shape(self) -> tuple[int, ...]:

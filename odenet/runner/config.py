@@ -21,6 +21,15 @@ _SOURCE_CONF = Path(__file__).resolve().parents[2] / "conf"
 CONFIG_PATH = str(_SOURCE_CONF) if (_SOURCE_CONF / "config.yaml").is_file() else "pkg://odenet.conf"
 
 
+def experiment_dir() -> Path:
+    """The folder of ``conf/experiment/*.yaml`` (in the source checkout, or inside the installed package)."""
+    if not CONFIG_PATH.startswith("pkg://"):
+        return Path(CONFIG_PATH) / "experiment"
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("odenet.conf") / "experiment"))
+
+
 @dataclass
 class DataConfig:
     name: str = "sphere2"
@@ -34,6 +43,9 @@ class DataConfig:
     synthetic: bool = False  # mnist / cifar10: class-patterned random images of the real shape, no files (smoke)
     augment: str = "none"  # image data, on the device per batch: none | crop | flip | crop_flip (random crop, h-flip)
     crop_padding: int = 4  # crop: zero-pad by this many pixels, then crop back to the image size at a random offset
+    # hold out this fraction of the training set (drawn with data.seed) as a validation set: hyper-parameters are
+    # chosen on it (objective: validation_accuracy), never on the test set
+    validation: float = 0.0
 
 
 @dataclass
@@ -199,6 +211,10 @@ class Config:
     # crawling when the machine's cores are shared (OpenMP threads spin-waiting on each other).
     threads: int | None = None
     smoke: bool = False  # a smoke run (+debug=smoke): checks the machinery in seconds; its numbers mean nothing
+    # what a job returns to Hydra's sweeper (one value, or several for a multi-objective search such as Optuna's):
+    # test_accuracy | validation_accuracy | validation_loss | test_loss | train_loss | nfe
+    objective: list[str] = default(default_factory=lambda: ["test_accuracy"])
+    logger: str = "none"  # none | tensorboard (scalars per log step, step-size histograms: RUN_DIR/tensorboard)
     data: DataConfig = default(default_factory=DataConfig)
     field: FieldConfig = default(default_factory=FieldConfig)
     model: ModelConfig = default(default_factory=ModelConfig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -19,6 +20,8 @@ from .accel import augment_images
 from .adaptation import StepSizeAdaptation
 from .config import Config
 from .rundir import RunDir
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -121,6 +124,7 @@ class Trainer:
     run: RunDir
     fingerprint: str
     total: int
+    tracker: Any = None  # odenet.runner.tracking: gets every logged row
 
     def checkpoint(self, state: TrainState) -> dict[str, Any]:
         out = {
@@ -218,11 +222,19 @@ class Trainer:
                         **learned_step_sizes(model),
                     }
                     state.history.append(row)
+                    if self.tracker is not None:
+                        self.tracker.log(row)
                     window = state.window = _new_window()
                     self._write_history(state)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", nfe=nfe_forward)
+                    if bar.disable:  # no terminal (Slurm, nohup, a file): one log line per log step instead
+                        acc = "" if row["accuracy"] is None else f"  accuracy {row['accuracy']:.4f}"
+                        log.info("iteration %d/%d  loss %.4f%s  nfe %d  %.1f s", done, self.total, row["loss"], acc,
+                                 nfe_forward, row["seconds"])
                 if done % cfg.trainer.checkpoint_every == 0 or done == self.total:
                     self.run.save_checkpoint(self.checkpoint(state))
         finally:
             bar.close()
+            if self.tracker is not None:
+                self.tracker.close()
         return state

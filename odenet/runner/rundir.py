@@ -78,6 +78,7 @@ class Metrics(TypedDict, total=False):
     baseline_accuracy: float | None  # always predicting the majority training class, on the test set
     train: TrainRecord
     evaluations: list[EvaluationRecord]
+    validation: dict[str, float | None]  # the training solver on the held-out part of the training set
     analysis: dict[str, Any]
 
 

@@ -34,6 +34,7 @@ from .loop import (
     total_iterations,
 )
 from .rundir import Metrics, RunDir, RunDirError, fingerprint
+from .tracking import make_tracker
 from .validate import ConfigError, validate
 
 __all__ = ["TrainingDiverged", "load_data", "load_model", "train_and_evaluate"]
@@ -50,6 +51,11 @@ def load_data(cfg: Config) -> Dataset:
     )
     if data.task == "regression" and cfg.adaptation.enabled:
         raise ConfigError("adaptation.enabled=true compares accuracies: it needs a classification data set")
+    if d.validation > 0:
+        try:
+            data = data.split_validation(d.validation, d.seed)
+        except ValueError as err:
+            raise ConfigError(f"data.validation: {err}") from None
     return data
 
 
@@ -123,6 +129,7 @@ def _train(cfg: Config, run: RunDir, key: str, model: Classifier, data: Dataset,
                               f"{total} asked: give this run another output folder, or delete its checkpoint.pt")
         log.info("resuming from %s at iteration %d of %d", run.file(run.CHECKPOINT), state.iteration, total)
 
+    trainer.tracker = make_tracker(cfg.logger, run.path, state.iteration)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     try:
         state = trainer.fit(state, x_train, y_train, data.task)
@@ -144,6 +151,9 @@ def _train(cfg: Config, run: RunDir, key: str, model: Classifier, data: Dataset,
         train_loss=train_eval["loss"], train_accuracy=train_eval["accuracy"],
         **({"step_sizes": list(steps.values())} if steps else {}),
     )
+    if data.x_val is not None and data.y_val is not None:
+        metrics["validation"] = evaluate(model, data.x_val.to(device), data.y_val.to(device),
+                                         cfg.trainer.eval_batch_size, data.task)
     metrics["evaluations"] = run_evaluations(cfg, model, data, device)
     if measure.enabled(cfg.analysis):
         init_state = analysis.pop("_init_state", None)  # taken before any checkpoint was loaded: the init
@@ -152,6 +162,19 @@ def _train(cfg: Config, run: RunDir, key: str, model: Classifier, data: Dataset,
     metrics["status"] = "ok"
     run.write_metrics(metrics)
     return metrics
+
+
+def objective(cfg: Config, metrics: Metrics) -> float | list[float] | None:
+    """What the job returns to Hydra's sweeper: the ``objective`` values (one, or a list)."""
+    train_eval = metrics["evaluations"][0] if metrics.get("evaluations") else {}
+    validation = metrics.get("validation") or {}
+    source = {
+        "test_accuracy": train_eval.get("accuracy"), "test_loss": train_eval.get("loss"),
+        "validation_accuracy": validation.get("accuracy"), "validation_loss": validation.get("loss"),
+        "train_loss": metrics.get("train", {}).get("train_loss"), "nfe": train_eval.get("nfe"),
+    }
+    values = [source[name] for name in cfg.objective]
+    return values[0] if len(values) == 1 else values  # type: ignore[return-value]
 
 
 def load_model(run_dir: Path, cfg: Config | None = None, device: str = "cpu") -> Classifier:

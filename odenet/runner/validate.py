@@ -19,6 +19,7 @@ from ..solvers import ADAPTIVE_SOLVERS, SCHEMES, TORCHDIFFEQ_FIXED, all_solver_n
 from .build import BLOCKS, FIELDS, HEADS, OPTIMIZERS, SCHEDULES, regularizers
 from .config import Config, unknown_keys
 from .errors import ConfigError, check_choice
+from .tracking import check_logger
 
 __all__ = ["ConfigError", "RANGES", "Range", "check_choice", "validate"]
 
@@ -57,6 +58,9 @@ class Range:
         return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
 
 
+LOGGERS = ("none", "tensorboard")
+OBJECTIVES = ("test_accuracy", "validation_accuracy", "validation_loss", "test_loss", "train_loss", "nfe")
+
 POSITIVE = Range(0, low_open=True)
 COUNT = Range(1, integer=True)
 NONNEG = Range(0)
@@ -70,6 +74,7 @@ RANGES: dict[str, Range] = {
     "data.dim": COUNT,
     "data.noise": Range(0, optional=True),
     "data.crop_padding": Range(0, integer=True),
+    "data.validation": Range(0, 0.9),
     "field.hidden": COUNT,
     "field.depth": COUNT,
     "field.kernel": COUNT,
@@ -155,6 +160,14 @@ def validate(cfg: Config) -> None:
     check_choice("optimizer.schedule", cfg.optimizer.schedule, list(SCHEDULES))
     check_choice("trainer.amp_dtype", cfg.trainer.amp_dtype, list(AMP_DTYPES))
     check_choice("regularization.noise", cfg.regularization.noise, NOISES)
+    check_choice("logger", cfg.logger, LOGGERS)
+    check_logger(cfg.logger)
+    if not cfg.objective:
+        raise ConfigError("objective must name at least one value, e.g. objective=[validation_accuracy]")
+    for i, name in enumerate(cfg.objective):
+        check_choice(f"objective[{i}]", name, OBJECTIVES)
+        if name.startswith("validation") and not cfg.data.validation > 0:
+            raise ConfigError(f"objective[{i}]={name} needs a validation split: set data.validation (e.g. 0.2)")
     if cfg.device != "auto":
         _check_device(cfg.device)
     for i, m in enumerate(cfg.optimizer.milestones):

@@ -1,0 +1,242 @@
+"""What every block shares: the abstract ``Block``, ``SolverError`` and the checks of a block's inputs.
+
+``Block`` is abstract (``abc.ABC``): it holds what is common to every block (a field, a horizon ``T``, the
+regularisers and their recorded integrals, ``integrator``) and declares what each concrete block must
+give (``forward``, ``trajectory``, ``nfe``, ``stats``, ``with_solver``). The concrete blocks,
+:class:`~odenet.stack.ResidualStack` and :class:`~odenet.odeblock.ODEBlock`, are final: extend odenet with
+a new block by subclassing ``Block``, not a concrete block.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._args import ArgumentTypeError, check_number
+from .fields import DepthIndexedField
+from .integrator import Integrator
+from .regularization import RegularizedDynamics, check_regularizers
+from .solvers import ADAPTIVE_SOLVERS, SCHEMES, TORCHDIFFEQ_FIXED
+
+__all__ = ["BLOCK_CLASSES", "Block", "NonFiniteStateError", "SolverError", "make_block", "raised_by_field"]
+
+#: A vector field as the solvers call it.
+FieldFn = Callable[[Tensor, Tensor], Tensor]
+
+#: Options only an ``ODEBlock`` (torchdiffeq) takes: any of them sends a fixed scheme to an ``ODEBlock``.
+ODE_ONLY_OPTIONS = frozenset(
+    {"rtol", "atol", "adjoint", "step_size", "max_steps", "min_step", "max_step", "penalty_error_control"}
+)
+
+
+class SolverError(RuntimeError):
+    """An integration that torchdiffeq could not finish: step-size underflow, too many steps, a non-finite state."""
+
+
+class NonFiniteStateError(ValueError):
+    """A block was given an initial state with NaN or infinite entries."""
+
+
+_FIELD_MARK = "_odenet_raised_by_field"
+
+
+def mark_field_error(err: BaseException) -> None:
+    """Mark ``err`` as raised by the user's field (so no solver wrapper turns it into a ``SolverError``)."""
+    try:
+        setattr(err, _FIELD_MARK, True)
+    except (AttributeError, TypeError):  # an exception type without attributes: left unmarked
+        pass
+
+
+def raised_by_field(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside a block's vector field (the user's code) rather than by the solver.
+
+    Blocks re-raise such exceptions unchanged; use this where an ``AssertionError`` from a backward pass
+    (an adjoint solve) is turned into a ``SolverError``, to let the field's own exceptions through.
+    """
+    return bool(getattr(err, _FIELD_MARK, False))
+
+
+def check_field(field: Any, T: float) -> None:
+    """``field`` is a module; a ``DepthIndexedField`` shares the block's horizon ``T``."""
+    if not isinstance(field, nn.Module):
+        raise TypeError(f"field must be an nn.Module with forward(t, x) -> dx/dt, got {type(field).__name__}")
+    if isinstance(field, DepthIndexedField) and not math.isclose(field.T, T, rel_tol=1e-12, abs_tol=0.0):
+        raise ValueError(
+            f"the DepthIndexedField's horizon T={field.T:g} differs from the block's T={T:g}: its layer k covers "
+            f"[k T / depth, (k + 1) T / depth], so give the field and the block the same T"
+        )
+
+
+def check_T(T: Any) -> float:
+    return check_number("T", T, low=0.0, low_open=True)
+
+
+def check_solver_name(solver: Any) -> str:
+    if not isinstance(solver, str):
+        raise ArgumentTypeError(
+            f"solver must be a name among {sorted(set(SCHEMES) | set(ADAPTIVE_SOLVERS) | set(TORCHDIFFEQ_FIXED))}, "
+            f"got {solver!r} ({type(solver).__name__})"
+        )
+    return solver
+
+
+def _functorch_wrapped(x: Tensor) -> bool:
+    check = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return bool(check(x)) if check is not None else False
+
+
+def check_state(x: Any) -> None:
+    """The initial state is a tensor with finite entries (one ``isfinite().all()``).
+
+    Skipped where values cannot be read: under ``torch.func`` transforms (``vmap``, ``grad``) and while
+    ``torch.compile`` traces.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x (the initial state) must be a tensor, got {type(x).__name__}")
+    if torch.compiler.is_compiling() or _functorch_wrapped(x):
+        return
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise NonFiniteStateError(
+            f"the initial state x is not finite ({bad} NaN or infinite entries of {x.numel()}): "
+            "check the input and the layers before the block"
+        )
+
+
+def shape_error(out: Tensor, x: Tensor) -> ValueError:
+    return ValueError(
+        f"the field returned shape {tuple(out.shape)} for a state of shape {tuple(x.shape)}; "
+        "a vector field must return dx/dt shaped like x"
+    )
+
+
+class ShapeChecked:
+    """Calls ``field`` and checks that every output has its input's shape (one shape compare per call);
+    marks the field's own exceptions (see ``raised_by_field``)."""
+
+    def __init__(self, field: FieldFn) -> None:
+        self.field = field
+
+    def __call__(self, t: Tensor, x: Tensor) -> Tensor:
+        try:
+            out = self.field(t, x)
+        except Exception as err:
+            mark_field_error(err)
+            raise
+        if out.shape != x.shape:
+            raise shape_error(out, x)
+        return out
+
+
+def wants_stack(solver: str, options: dict[str, Any]) -> bool:
+    """A fixed scheme without torchdiffeq-only options is integrated by a ResidualStack."""
+    return solver in SCHEMES and not (set(options) & ODE_ONLY_OPTIONS)
+
+
+class Block(nn.Module, ABC):
+    """What every block shares: a field, a horizon ``T``, solver statistics and ``with_solver``.
+
+    Abstract: ``forward``, ``trajectory``, ``nfe``, ``stats`` and ``with_solver`` are each concrete block's.
+    """
+
+    field: nn.Module
+    T: float
+    regularizers: tuple[str, ...] = ()
+    noise: str = "gaussian"
+
+    def _init_regularizers(self, regularizers: Sequence[str], noise: str) -> None:
+        self.regularizers = check_regularizers(regularizers, noise)
+        self.noise = noise
+        self._regularization: dict[str, Tensor] = {}
+
+    def _dynamics(self) -> RegularizedDynamics | None:
+        """The augmented dynamics when penalties are integrated: regularizers set, training, grad enabled."""
+        if self.regularizers and self.training and torch.is_grad_enabled():
+            return RegularizedDynamics(self.field, self.regularizers, self.noise)
+        return None
+
+    def _record_regularization(self, integrals: dict[str, Tensor] | None) -> None:
+        # The batch mean; an empty batch has no samples to average: its penalties are 0.
+        self._regularization = (
+            {k: v.mean() if v.numel() else v.sum() for k, v in integrals.items()} if integrals else {}
+        )
+
+    @property
+    def regularization(self) -> dict[str, Tensor]:
+        """The penalties of the last training forward, batch means of per-sample integrals over ``[0, T]``.
+
+        ``kinetic``: ``int ||F(t, x)||^2 dt``; ``jacobian``: the Hutchinson estimate of
+        ``int ||dF/dx||_F^2 dt``. Computed only in training mode with gradients enabled (empty otherwise);
+        differentiable, to be added to the loss with their weights.
+        """
+        return self._regularization
+
+    @property
+    def integrator(self) -> Integrator:
+        """The block's integrator identity (solver name; steps, step size or tolerances; adjoint)."""
+        return Integrator.of(self)
+
+    @property
+    @abstractmethod
+    def nfe(self) -> int:
+        """Field evaluations of the last forward (or trajectory) call."""
+
+    @property
+    def nfe_backward(self) -> int:
+        """Field evaluations of the backward pass after the last forward (0 unless adjoint)."""
+        return 0
+
+    @property
+    @abstractmethod
+    def stats(self) -> dict[str, int]:
+        """Solver statistics of the last forward: ``nfe``, ``nfe_backward`` and step counts."""
+
+    @abstractmethod
+    def with_solver(self, solver: str, **options: Any) -> Block:
+        """A new block integrating the *same* field object with ``solver``.
+
+        A fixed scheme name (``euler``, ``midpoint``, ``heun``, ``rk4``, ...) with ``steps=N``
+        gives a ``ResidualStack``; an adaptive name (``dopri5``, ...), or any torchdiffeq method
+        with ``step_size=h``, gives an ``ODEBlock``.
+        """
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> Tensor:
+        """The state at ``T`` from the initial state ``x``."""
+
+    @abstractmethod
+    def trajectory(self, x: Tensor) -> Tensor:
+        """Every state of the solve, stacked along a new leading dimension."""
+
+
+#: The concrete blocks ``make_block`` builds, registered by their modules (``stack``: ``ResidualStack``,
+#: ``ode``: ``ODEBlock``), so that each block's ``with_solver`` can make the other without an import cycle.
+BLOCK_CLASSES: dict[str, Callable[..., Block]] = {}
+
+
+def make_block(field: nn.Module, solver: str = "euler", T: float = 1.0, **options: Any) -> Block:
+    """The block that integrates ``field`` on ``[0, T]`` with ``solver``.
+
+    Fixed schemes without torchdiffeq-only options (``step_size``, ``rtol``, ``adjoint``, ...) give a
+    ``ResidualStack`` (``steps`` required); everything else gives an ``ODEBlock`` (torchdiffeq).
+    """
+    check_solver_name(solver)
+    if wants_stack(solver, options):
+        if "steps" not in options:
+            raise ValueError(
+                f"solver {solver!r} is a fixed-step scheme: give steps=N (a ResidualStack) "
+                "or step_size=h (a torchdiffeq ODEBlock)"
+            )
+        return BLOCK_CLASSES["stack"](field, T=T, scheme=solver, **options)
+    if "steps" in options:
+        raise ValueError(
+            f"steps is only for the fixed-step schemes of ResidualStack {sorted(SCHEMES)}, without "
+            f"torchdiffeq-only options; solver {solver!r} takes rtol/atol (adaptive) or step_size=h (a fixed grid)"
+        )
+    return BLOCK_CLASSES["ode"](field, T=T, solver=solver, **options)

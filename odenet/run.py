@@ -84,7 +84,7 @@ experiments (+experiment=NAME; add +debug=smoke to run any of them in seconds):
 {experiments}
 
 examples:
-  odenet                                          one run: sphere2, MLP field, 8 Euler steps
+  odenet                                          one run: digits, MLP field, 8 Euler steps
   odenet +experiment=step_size_ablation           a recorded experiment (a sweep)
   odenet -m solver.steps=4,16 seed=0,1,2          any sweep
   odenet block=ode solver=dopri5 --cfg job        print the composed config, run nothing

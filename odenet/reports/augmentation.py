@@ -24,15 +24,18 @@ import torch
 from matplotlib.figure import Figure
 
 from ..blocks import ODEBlock
+from .chance import label_mark, mark_cell, value_at_chance, withheld_line, withhold
 from .collect import ReportContext
 from .markdown import md_table
-from .registry import register_plot, register_section
+from .plane import plane_resolution
+from .registry import Section, register_plot, register_section
 from .runs import Run, by_data_and_label, configured_runs, run_dataset
 from .stats import mean_std
 
 CLASS_COLORS = ("tab:blue", "tab:red")
 TRAJECTORY_POINTS = 160  # test points whose trajectories flows.png draws
 DENSE_POINTS = 20_000  # uniform samples per region for region_errors
+SMOKE_POINTS = 2_000  # ... in a report of smoke runs
 MAX_FLOW_MODELS = 6
 TEST_POINTS = 1000  # test inputs drawn in flows.png
 
@@ -73,18 +76,24 @@ def topology_section(ctx: ReportContext) -> list[str] | None:
     runs = _topology_runs(ctx)
     if runs is None:
         return None
-    body = []
+    body, chance = [], []
+    points = SMOKE_POINTS if any(r.smoke for r in runs) else DENSE_POINTS
     for label, rs in by_data_and_label(runs)[runs[0].data].items():
-        errors = [region_errors(r.model()) for r in rs]
-        body.append([label, str(len(rs)), mean_std([r.train_eval().get("accuracy") for r in rs]),
+        errors = [region_errors(r.model(), points) for r in rs]
+        acc = [r.train_eval().get("accuracy") for r in rs]
+        withheld = withhold(ctx, [r.run_dir for r in rs])
+        chance += [r.run_dir for r in rs]
+        leaks = f"{sum(e['annulus_as_inner'] > 0 for e in errors)}/{len(errors)}"
+        body.append([label + label_mark(ctx, [r.run_dir for r in rs]), str(len(rs)),
+                     mark_cell(mean_std(acc), value_at_chance(acc, [r.baseline for r in rs])),
                      mean_std([e["disk_as_outer"] for e in errors], "{:.4f}"),
                      mean_std([e["annulus_as_inner"] for e in errors], "{:.4f}"),
-                     f"{sum(e['annulus_as_inner'] > 0 for e in errors)}/{len(errors)}"])
-    return [
+                     "withheld" if withheld else leaks])
+    lines = [
         "## Topology on concentric spheres (2-D)",
         "",
-        f"Each trained model on {DENSE_POINTS:,} points uniform in the inner disk (r < 0.5, class 0) and "
-        f"{DENSE_POINTS:,} in the annulus (1 < r < 1.5, class 1), under its training solver. A 2-D ODE flow is a "
+        f"Each trained model on {points:,} points uniform in the inner disk (r < 0.5, class 0) and "
+        f"{points:,} in the annulus (1 < r < 1.5, class 1), under its training solver. A 2-D ODE flow is a "
         "homeomorphism and the head is linear, so the region a NODE classifies as inner is connected and "
         "unbounded: holding the disk, it must cut through the annulus (annulus → inner > 0). Augmented flows and "
         "large-step ResNets are not bound by this.",
@@ -92,6 +101,11 @@ def topology_section(ctx: ReportContext) -> list[str] | None:
         *md_table(["model", "seeds", "test acc.", "disk → outer", "annulus → inner",
                            "runs with annulus → inner > 0"], body),
     ]
+    withheld = withhold(ctx, chance)
+    if withheld is None:
+        return lines
+    text = withheld_line("Which models leak through the annulus", withheld)
+    return Section([*lines, text, ""], [text])
 
 
 # ---------------------------------------------------------------------------------------------- flows
@@ -159,7 +173,7 @@ def flows_plot(ctx: ReportContext) -> Figure | None:
 
         ax = fig.add_subplot(grid[1, col])
         extent = 1.3 * float(x.abs().max())
-        axis = torch.linspace(-extent, extent, 121)
+        axis = torch.linspace(-extent, extent, plane_resolution(ctx, [run], len(x)) + 1)
         gx, gy = torch.meshgrid(axis, axis, indexing="xy")
         plane = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
         prob = torch.cat([torch.softmax(model(c), -1)[:, 1] for c in plane.split(5000)]).reshape(gx.shape)

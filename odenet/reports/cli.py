@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import sys
 from collections.abc import Sequence
@@ -24,9 +25,37 @@ class ReportCallback(Callback):
     Enable with ``hydra.callbacks.report._target_=odenet.reports.ReportCallback``. A sweep that produced nothing
     is logged and ends normally; a report that could not be written (a full disk, a read-only folder) makes the
     sweep command fail, the files already there left as they were.
+
+    A job that raised ends the multirun with an error before Hydra calls ``on_multirun_end``: the report is then
+    written when the process exits (the sweep command still fails), marking the failed job — its ``metrics.json``
+    says failed, or its folder has none.
     """
 
+    def __init__(self) -> None:
+        self._pending: DictConfig | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._pending = config
+        atexit.register(self._after_failed_sweep)
+
+    def _after_failed_sweep(self) -> None:
+        """At exit, when the multirun never reached its end (a job raised): write the report all the same."""
+        config, self._pending = self._pending, None
+        if config is None:
+            return
+        log.warning("report: the sweep ended with an error (a job raised); reporting the jobs as they are")
+        try:
+            self._write(config)
+        except SystemExit:  # the command fails anyway; the error is logged
+            pass
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._pending = None
+        atexit.unregister(self._after_failed_sweep)
+        self._write(config)
+
+    @staticmethod
+    def _write(config: DictConfig) -> None:
         try:
             sweep_dir = Path(str(config.hydra.sweep.dir))
         except Exception as err:

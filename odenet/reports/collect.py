@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 METRICS = RunDir.METRICS
 SUMMARY = "summary.csv"
 REPORT = "report.md"
+#: Why a job folder has no ``metrics.json``.
+NO_METRICS = "the job failed before writing it, was killed, or is still running"
 #: Columns of every row after the swept settings (one column per Hydra override key).
 BASE_COLUMNS = (
     "train_solver",
@@ -39,9 +41,40 @@ BASE_COLUMNS = (
     "status",
     "reason",
     "run_dir",
+    "baseline_accuracy",
+    "beats_baseline",
+    "smoke",
 )
+#: A classifier *beats its majority-class baseline* when its test accuracy under its training solver is above the
+#: accuracy of always predicting the most frequent training class (``metrics.json["baseline_accuracy"]``) by more
+#: than this: half a point, i.e. at least one more correct test example on test sets under 200 examples, and at
+#: least 0.5 % of them on larger ones. A model that does not is *at chance*; conclusions resting on it are withheld.
+CHANCE_MARGIN = 0.005
 
 Row = dict[str, Any]
+
+
+def beats_baseline(accuracy: float | None, baseline: float | None) -> bool | None:
+    """``accuracy > baseline + CHANCE_MARGIN``; None when either is unknown (regression: no baseline)."""
+    if accuracy is None or baseline is None:
+        return None
+    return float(accuracy) > float(baseline) + CHANCE_MARGIN
+
+
+def train_evaluation(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The ok evaluation of a ``metrics.json`` under the training solver (``{}`` when there is none)."""
+    for ev in metrics.get("evaluations") or []:
+        if isinstance(ev, dict) and ev.get("is_train_solver") and (ev.get("status") or "ok") == "ok":
+            return ev
+    return {}
+
+
+def run_beats_baseline(metrics: dict[str, Any] | None) -> bool | None:
+    """Whether an ok run's model beats its majority-class baseline under its training solver (:func:`beats_baseline`);
+    None for a failed run, a run without that evaluation, and a run without a baseline (regression, older runs)."""
+    if not metrics or metrics.get("status") != "ok":
+        return None
+    return beats_baseline(train_evaluation(metrics).get("accuracy"), metrics.get("baseline_accuracy"))
 
 
 class ReportError(RuntimeError):
@@ -61,7 +94,8 @@ class ReportContext:
     runs: dict[str, RunDir] = field(default_factory=dict)
     #: ``--grid``: a fixed-step sweep (its ``summary.csv``, or the folder holding it) to compare with.
     grid: Path | None = None
-    #: Hydra job folders without ``metrics.json`` (still running or killed), and unreadable ``metrics.json``.
+    #: Hydra job folders without ``metrics.json`` (failed before writing it, killed or still running), and
+    #: unreadable ``metrics.json``.
     incomplete: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
@@ -83,6 +117,18 @@ class ReportContext:
     def run_dirs(self, rows: Sequence[Row] | None = None) -> list[tuple[str, RunDir]]:
         """``(run_dir, RunDir)`` of every folder among ``rows`` (default: all rows), in row order, once each."""
         return [(d, self.run(d)) for d in dict.fromkeys(r["run_dir"] for r in (self.rows if rows is None else rows))]
+
+    def beats_baseline(self, run_dir: str) -> bool | None:
+        """:func:`run_beats_baseline` of a run folder."""
+        return run_beats_baseline(self.run(run_dir).metrics)
+
+    def at_chance(self, run_dirs: Iterable[str]) -> list[str]:
+        """The run folders among ``run_dirs`` (once each) whose model did not beat its majority-class baseline."""
+        return [d for d in dict.fromkeys(run_dirs) if self.beats_baseline(d) is False]
+
+    def smoke(self, run_dir: str) -> bool:
+        """The run is a ``+debug=smoke`` run (its numbers check the machinery and mean nothing)."""
+        return bool((self.run(run_dir).metrics or {}).get("smoke"))
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         """``make()``, computed once per report for ``key`` (e.g. a data set that several sections need)."""
@@ -136,6 +182,13 @@ def _run_rows(data: dict[str, Any], run_dir: str) -> list[Row]:
     train = data.get("train") or {}
     run_ok = data.get("status") == "ok"
     run_reason = data.get("reason")
+    if data.get("status") == "running" and not run_reason:
+        run_reason = "did not finish (metrics.json says running: the job raised, was killed, or is still running)"
+    chance = {
+        "baseline_accuracy": data.get("baseline_accuracy"),
+        "beats_baseline": run_beats_baseline(data),
+        "smoke": bool(data.get("smoke", False)),
+    }
     common = {
         "train_solver": train.get("solver"),
         "train_steps": train.get("steps"),
@@ -166,6 +219,7 @@ def _run_rows(data: dict[str, Any], run_dir: str) -> list[Row]:
                 "status": status,
                 "reason": reason,
                 "run_dir": run_dir,
+                **chance,
             }
         )
     return rows
@@ -178,7 +232,7 @@ def _scan(ctx: ReportContext) -> None:
     found.sort(key=lambda p: natural_key(_rel(p, root)))
     for d in _run_dirs_without_metrics(root, set(found)):
         ctx.incomplete.append(_rel(d, root) or ".")
-        log.warning("skipping %s: no %s (still running or killed)", d, METRICS)
+        log.warning("skipping %s: no %s (%s)", d, METRICS, NO_METRICS)
     per_run: list[tuple[dict[str, str], list[Row]]] = []
     for path in found:
         rel = _rel(path, root) or "."
@@ -202,7 +256,9 @@ def collect(dir: str | Path) -> list[Row]:
     """One row per trained model x evaluation for every ``metrics.json`` under ``dir`` (recursively).
 
     Columns: one per swept setting (Hydra override key, value string; ``None`` where a run lacks it),
-    then :data:`BASE_COLUMNS`. A run without evaluations still gives one row (its status and reason).
+    then :data:`BASE_COLUMNS`, whose last three are the run's: its majority-class baseline accuracy, whether its
+    model beats it (:func:`run_beats_baseline`; empty when unknown) and whether it is a smoke run. A run without
+    evaluations still gives one row (its status and reason).
     Run dirs without ``metrics.json`` and unreadable files are skipped with a logged warning.
     Raises :class:`ReportError` if ``dir`` does not exist.
     """

@@ -20,12 +20,15 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from .chance import label_mark_rows, withheld_line, withhold_rows
 from .collect import ReportContext, Row
 from .markdown import model_label
-from .registry import register_plot, register_section
+from .registry import Section, register_plot, register_section
 from .stats import Stats, adaptive_eval, group, model_key, ok, setting_keys, sort_key, stats
+from .step_size_ablation import TOLERANCE, solver_order
 
-__all__ = ["paired_changes", "plot_refinement", "refinement_ladders", "refinement_section", "refinement_tables"]
+__all__ = ["paired_changes", "plot_refinement", "refinement_ladders", "refinement_section", "refinement_tables",
+           "refinement_verdicts"]
 
 #: Fewest test step counts of a refinement ladder.
 MIN_LADDER = 3
@@ -99,10 +102,12 @@ def refinement_tables(rows: Sequence[Row]) -> str:
         "training solver (percentage points, paired by seed).",
         "",
     ]
+    verdicts = dict(refinement_verdicts(rows))
     for m in sorted(data, key=sort_key):
         cells = data[m]
         n_seeds = max(len(v) for v in cells.values())
-        lines += [f"### Trained with {model_label(m, settings)} ({n_seeds} seeds)", ""]
+        own = [r for r in rows if ok(r) and r["is_train_solver"] and model_key(r, settings) == m]
+        lines += [f"### Trained with {model_label(m, settings)} ({n_seeds} seeds){label_mark_rows(own)}", ""]
         solvers = sorted({k[0] for k in cells if k[1] is not None})
         steps = sorted({k[1] for k in cells if k[1] is not None})
         header = ["test solver", "", *(f"N={n}" for n in steps)]
@@ -115,8 +120,53 @@ def refinement_tables(rows: Sequence[Row]) -> str:
             acc = _pct(stats(v[0] for v in cells[k]))
             change = _pct(stats(v[1] for v in cells[k]), signed=True)
             lines += ["", f"{k[0]} (adaptive reference): accuracy {acc}, change {change}."]
+        if m in verdicts:
+            lines += ["", verdicts[m]]
         lines.append("")
     return "\n".join(lines)
+
+
+def _finer(model: tuple[Any, ...], key: tuple[str, int | None]) -> bool:
+    """A test solver at least as accurate as the model's training solver: the adaptive reference, or a fixed scheme
+    of at least the training order with at least the training steps (the training solver itself excluded)."""
+    solver, steps = key
+    if steps is None:
+        return True
+    train_solver, train_steps = model[0], model[1]
+    train_order, order = solver_order(train_solver), solver_order(solver)
+    if train_order is None or order is None or not train_steps:
+        return False
+    return order >= train_order and steps >= train_steps and (order > train_order or steps > train_steps)
+
+
+def refinement_verdicts(rows: Sequence[Row], tolerance: float = TOLERANCE) -> list[tuple[tuple[Any, ...], str]]:
+    """``(model, verdict line)`` per fixed-step trained model: *invariant under refinement* when the seed-mean
+    paired change under every finer test solver (:func:`_finer`) is within ``tolerance``, else the finer solver
+    that moves it most. Withheld (:mod:`odenet.reports.chance`) when some of the model's runs are at chance."""
+    settings = setting_keys(rows)
+    out = []
+    for m, cells in sorted(paired_changes(rows).items(), key=lambda kv: sort_key(kv[0])):
+        changes = {k: stats(v[1] for v in vals) for k, vals in cells.items() if _finer(m, k)}
+        changes = {k: s for k, s in changes.items() if s is not None}
+        if not changes:
+            continue
+        label = model_label(m, settings)
+        own = [r for r in rows if ok(r) and r["is_train_solver"] and model_key(r, settings) == m]
+        withheld = withhold_rows(own)
+        if withheld is not None:
+            out.append((m, withheld_line(f"Convergence test ({label})", withheld)))
+            continue
+        worst = max(changes, key=lambda k: (abs(changes[k].mean), sort_key(k)))
+        name = f"{worst[0]} N={worst[1]}" if worst[1] is not None else f"{worst[0]} (adaptive)"
+        change = f"{100 * changes[worst].mean + 0.0:+.1f}"
+        if abs(changes[worst].mean) <= tolerance + 1e-12:
+            text = (f"**Convergence test ({label}): invariant under refinement** — every finer test solver within "
+                    f"{100 * tolerance:g} point (largest change {change} points, {name}).")
+        else:
+            text = (f"**Convergence test ({label}): not invariant under refinement** — {name} changes the accuracy by "
+                    f"{change} points.")
+        out.append((m, text))
+    return out
 
 
 def plot_refinement(rows: list[Row]) -> Figure | None:
@@ -192,7 +242,9 @@ def refinement_section(ctx: ReportContext) -> list[str] | None:
     """Report section: :func:`refinement_tables` (None unless the runs share a refinement ladder)."""
     if not refinement_ladders(ctx.rows) or not paired_changes(ctx.rows):
         return None
-    return ["## Convergence test: accuracy as the test solver is refined", "", *refinement_tables(ctx.rows).split("\n")]
+    lines = ["## Convergence test: accuracy as the test solver is refined", ""]
+    lines += refinement_tables(ctx.rows).split("\n")
+    return Section(lines, [text for _, text in refinement_verdicts(ctx.rows)])
 
 
 @register_plot("refinement.png")

@@ -12,9 +12,10 @@ import statistics
 
 from matplotlib.figure import Figure
 
+from .chance import label_mark, mark_cell, value_at_chance, withheld_line, withhold
 from .collect import ReportContext
 from .markdown import md_table
-from .registry import register_plot, register_section
+from .registry import Section, register_plot, register_section
 from .runs import BLOCK_COLORS, Run, ok_runs
 from .stats import mean_std
 
@@ -44,12 +45,15 @@ def degradation_section(ctx: ReportContext) -> list[str] | None:
     header = ["depth N"] + [f"{b}: train loss" for b in blocks] + [f"{b}: test acc." for b in blocks]
     body = []
     for n in depths:
-        cells = [str(n)]
+        cells = [str(n) + label_mark(ctx, [m.run_dir for b in blocks for m in by[b].get(n, [])])]
         cells += [mean_std([m.train.get("train_loss") for m in by[b].get(n, [])]) for b in blocks]
-        cells += [mean_std([m.train_eval().get("accuracy") for m in by[b].get(n, [])]) for b in blocks]
+        for b in blocks:
+            ms = by[b].get(n, [])
+            acc = [m.train_eval().get("accuracy") for m in ms]
+            cells.append(mark_cell(mean_std(acc), value_at_chance(acc, [m.baseline for m in ms])))
         body.append(cells)
     seeds = max(len(v) for d in by.values() for v in d.values())
-    return [
+    lines = [
         "## Degradation (plain vs residual)",
         "",
         f"Training loss: mean cross-entropy of the final model on the whole training set; test accuracy under "
@@ -57,6 +61,14 @@ def degradation_section(ctx: ReportContext) -> list[str] | None:
         "",
         *md_table(header, body),
     ]
+    # The comparison rests on the controls: every residual net and the shallowest plain net must have trained
+    # (a deeper plain net at chance is what degradation looks like at its worst).
+    controls = [m.run_dir for b, d in by.items() for n, ms in d.items() for m in ms if b != "plain" or n == min(d)]
+    withheld = withhold(ctx, controls)
+    if withheld is None:
+        return lines
+    text = withheld_line("Degradation: plain vs residual in depth", withheld)
+    return Section([*lines, text, ""], [text])
 
 
 @register_plot("degradation.png")

@@ -16,19 +16,21 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from ..analysis.depth import loglog_slope
+from .chance import label_mark, withheld_line, withhold
 from .collect import ReportContext
 from .markdown import md_table
-from .registry import register_plot, register_section
+from .registry import Section, register_plot, register_section
 from .runs import Run, ok_runs
 
 
 def _depth_data(ctx: ReportContext) -> dict[str, dict[int, list[dict[str, Any]]]] | None:
+    """task -> depth L -> the runs' ``analysis.depth`` (each with its ``run_dir`` added)."""
     by: dict[str, dict[int, list[dict[str, Any]]]] = {}
     for m in ok_runs(ctx):
         d = m.analysis("depth")
         if d is None:
             continue
-        by.setdefault(_task_name(m), {}).setdefault(int(d["layers"]), []).append(d)
+        by.setdefault(_task_name(m), {}).setdefault(int(d["layers"]), []).append({**d, "run_dir": m.run_dir})
     return by or None
 
 
@@ -64,15 +66,24 @@ def depth_section(ctx: ReportContext) -> list[str] | None:
         "Cohen et al.).",
         "",
     ]
+    headlines = []
     for task, d in sorted(by.items()):
         ls = sorted(d)
         maxes = [statistics.fmean(x["max"] for x in d[n]) for n in ls]
         rss = [statistics.fmean(x["rss"] for x in d[n]) for n in ls]
         lines += [f"### {task}", ""]
         lines += md_table(["L", "runs", "max increment", "RSS of increments"],
-                          [[str(n), str(len(d[n])), f"{a:.4g}", f"{b:.4g}"] for n, a, b in zip(ls, maxes, rss)])
-        lines += [f"Log-log slope in L: max increment {_fit(ls, maxes)}; RSS {_fit(ls, rss)}.", ""]
-    return lines
+                          [[str(n) + label_mark(ctx, [x["run_dir"] for x in d[n]]), str(len(d[n])), f"{a:.4g}",
+                            f"{b:.4g}"] for n, a, b in zip(ls, maxes, rss)])  # fmt: skip
+        withheld = withhold(ctx, [x["run_dir"] for n in ls for x in d[n]])
+        if withheld is not None:
+            text = withheld_line(f"Log-log slope in L ({task})", withheld)
+        else:
+            text = f"Log-log slope in L ({task}): max increment {_fit(ls, maxes)}; RSS {_fit(ls, rss)}."
+        lines += [text, ""]
+        if len(ls) > 1:
+            headlines.append(text)
+    return Section(lines, headlines)
 
 
 @register_plot("depth_smoothness.png")

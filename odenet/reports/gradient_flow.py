@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from .chance import label_mark, withheld_line, withhold
 from .collect import ReportContext
 from .figures import legend_union
 from .markdown import md_table
-from .registry import register_plot, register_section
+from .registry import Section, register_plot, register_section
 from .runs import BLOCK_COLORS, Run, by_train_label, ok_runs
 
 
@@ -48,8 +49,8 @@ def gradient_flow_section(ctx: ReportContext) -> list[str] | None:
     body = []
     for label, ms in groups.items():
         init, trained = _mean_curve(ms, "gradients_init"), _mean_curve(ms, "gradients")
-        body.append([label, str(len(ms)), _ratio(init), _ratio(trained)])
-    return [
+        body.append([label + label_mark(ctx, [m.run_dir for m in ms]), str(len(ms)), _ratio(init), _ratio(trained)])
+    lines = [
         "## Gradient flow",
         "",
         "||dL/dx|| at the block's input x_0 and output x_N (mean per-sample norm over the analysis batch, mean "
@@ -58,6 +59,17 @@ def gradient_flow_section(ctx: ReportContext) -> list[str] | None:
         "",
         *md_table(["model", "runs", "at init: ‖g_0‖ / ‖g_N‖", "trained: ‖g_0‖ / ‖g_N‖"], body),
     ]
+    # After training, the comparison rests on the controls: every residual or ODE model and the shallowest plain
+    # net must have trained (a deeper plain net at chance is what vanishing gradients lead to).
+    plain = [m for ms in groups.values() for m in ms if m.train.get("block") == "plain"]
+    shallowest = min((m.train.get("steps") or 0 for m in plain), default=0)
+    controls = [m.run_dir for ms in groups.values() for m in ms
+                if m.train.get("block") != "plain" or (m.train.get("steps") or 0) == shallowest]
+    withheld = withhold(ctx, controls)
+    if withheld is None:
+        return lines
+    text = withheld_line("Gradient flow after training", withheld)
+    return Section([*lines, text, ""], [text])
 
 
 @register_plot("gradient_flow.png")

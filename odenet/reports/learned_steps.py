@@ -17,9 +17,10 @@ from matplotlib.figure import Figure
 
 from ..analysis.adaptive_steps import concentration, local_step_sizes, step_shares
 from ..runner.rundir import RunDirError
+from .chance import label_mark, mark_cell, value_at_chance, withheld_line, withhold
 from .collect import ReportContext
 from .markdown import md_table
-from .registry import register_plot, register_section
+from .registry import Section, register_plot, register_section
 from .stats import mean_std
 
 Run = dict[str, Any]
@@ -67,6 +68,7 @@ def _runs(ctx: ReportContext) -> list[Run]:
         scale = float(cfg.optimizer.step_lr_scale or 1.0)
         out.append({
             "dir": run_dir, "data": cfg.data.name or "?", "block": train.get("block"),
+            "baseline": metrics.get("baseline_accuracy"),
             "steps": train.get("steps"), "T": float(cfg.block.T or 1.0),
             "grid": _grid_label(train.get("block"), scale), "seed": metrics.get("seed"),
             "evaluations": metrics.get("evaluations") or [], "adaptive": adaptive,
@@ -198,17 +200,20 @@ def learned_steps_section(ctx: ReportContext) -> list[str] | None:
     if not runs:
         return None
     groups = _groups(runs)
-    acc_body, conc_body = [], []
+    acc_body, conc_body, headlines = [], [], []
     for data, by_grid in groups.items():
         for grid, rs in by_grid.items():
+            dirs = [r["dir"] for r in rs]
+            label = grid + label_mark(ctx, dirs)
+            own_acc = [_accuracy(r, "euler", train=True) for r in rs]
             n = int(rs[0]["steps"] or 0)
             adaptive = [r["adaptive"] for r in rs if r["adaptive"]]
             nfe = mean_std([a["nfe"] for a in adaptive], "{:.0f}")
             acc_steps = mean_std([a["steps_accepted"] for a in adaptive], "{:.1f}")
             rej_steps = mean_std([a["steps_rejected"] for a in adaptive], "{:.1f}")
             acc_body.append([
-                data, grid, str(len(rs)),
-                mean_std([_accuracy(r, "euler", train=True) for r in rs], ACC),
+                data, label, str(len(rs)),
+                mark_cell(mean_std(own_acc, ACC), value_at_chance(own_acc, [r["baseline"] for r in rs])),
                 mean_std([_uniform_accuracy(r, n) for r in rs], ACC) if n else "–",
                 mean_std([_accuracy(r, "euler", 4 * n) for r in rs], ACC) if n else "–",
                 mean_std([_accuracy(r, "rk4", n) for r in rs], ACC) if n else "–",
@@ -221,8 +226,15 @@ def learned_steps_section(ctx: ReportContext) -> list[str] | None:
             for r in rs:
                 if r["h"] is not None and len(r["h"]):
                     mid.append(concentration(list(r["h"][(len(r["h"]) - 1) // 2]))["max_over_min"])
+            correlations = [_correlation(r) for r in rs]
+            corr = mean_std(correlations, "{:+.2f}")
+            if any(c is not None for c in correlations):
+                withheld = withhold(ctx, [r["dir"] for r in rs if _correlation(r) is not None])
+                what = f"Rank correlation of the learned h_k with the adaptive steps ({data}, {grid})"
+                corr = "withheld" if withheld else corr
+                headlines.append(withheld_line(what, withheld) if withheld else f"{what}: {corr}.")
             conc_body.append([
-                data, grid,
+                data, label,
                 mean_std([c["max_over_min"] for c in conc], "{:.2f}"),
                 mean_std(mid, "{:.2f}") if mid else "–",
                 mean_std([c["max_over_uniform"] for c in conc], "{:.2f}"),
@@ -230,12 +242,12 @@ def learned_steps_section(ctx: ReportContext) -> list[str] | None:
                 _mean_list([c["index_thirds"] for c in conc]),
                 _mean_list([step_shares(h, rs[0]["T"]) for h in own if h]),
                 _mean_list([_adaptive_shares(a) for a in adaptive]),
-                mean_std([_correlation(r) for r in rs], "{:+.2f}"),
+                corr,
                 mean_std([_speed_ratio(r) for r in rs], "{:.3g}"),
             ])
     rtols = sorted({(a["solver"], a["rtol"], a["atol"]) for r in runs if (a := r["adaptive"])})
     tol = ", ".join(f"{s} rtol={rt:g} atol={at:g}" for s, rt, at in rtols) or "no adaptive solve"
-    return [
+    lines = [
         "## Learned step sizes",
         "",
         "Accuracy (test set, mean ± sample std over seeds) of each trained model under its own training grid, "
@@ -265,6 +277,10 @@ def learned_steps_section(ctx: ReportContext) -> list[str] | None:
             conc_body,
         ),
     ]
+    for text in headlines:
+        if "— withheld:" in text:
+            lines += [text, ""]
+    return Section(lines, headlines)
 
 
 def _step_line(ax: Any, starts: Sequence[float], sizes: Sequence[float], **kw: Any) -> None:

@@ -15,9 +15,10 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from .chance import label_mark, mark_cell, value_at_chance, withheld_line, withhold
 from .collect import ReportContext
 from .markdown import md_table
-from .registry import register_plot, register_section
+from .registry import Section, register_plot, register_section
 from .runs import Run, by_train_label, ok_runs
 from .stats import mean_std
 
@@ -40,17 +41,18 @@ def loss_landscape_section(ctx: ReportContext) -> list[str] | None:
         centre = [s["slice_1d"][len(s["slice_1d"]) // 2] for s in land if s]
         edges = [max(s["slice_1d"][0], s["slice_1d"][-1]) for s in land if s]
         rough = [roughness(s) for s in land if s]
+        acc = [m.train_eval().get("accuracy") for m in ms]
         body.append([
-            label, str(len(ms)),
+            label + label_mark(ctx, [m.run_dir for m in ms]), str(len(ms)),
             mean_std([m.train.get("train_loss") for m in ms]),
-            mean_std([m.train_eval().get("accuracy") for m in ms]),
+            mark_cell(mean_std(acc), value_at_chance(acc, [m.baseline for m in ms])),
             mean_std([s.get("top_eigenvalue") for s in sharp], "{:.4g}"),
             ", ".join("yes" if s.get("converged") else "no" for s in sharp),
             mean_std([s.get("trace") for s in sharp], "{:.4g}"),
             mean_std([s.get("trace_stderr") for s in sharp], "{:.2g}"),
             mean_std(centre, "{:.4g}"), mean_std(edges, "{:.4g}"), mean_std(rough, "{:.3g}"),
         ])
-    return [
+    lines = [
         "## Loss landscape and sharpness",
         "",
         "Top Hessian eigenvalue (power iteration on Hessian-vector products) and Hessian trace (Hutchinson, "
@@ -65,6 +67,11 @@ def loss_landscape_section(ctx: ReportContext) -> list[str] | None:
             body,
         ),
     ]
+    withheld = withhold(ctx, [m.run_dir for ms in groups.values() for m in ms])
+    if withheld is None:
+        return lines
+    text = withheld_line("Smoothness and sharpness compared across models", withheld)
+    return Section([*lines, text, ""], [text])
 
 
 def roughness(land: dict[str, Any]) -> float:

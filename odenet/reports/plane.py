@@ -29,11 +29,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from torch import Tensor
 
-from ..analysis.folds import fold_fraction, fold_mask, predict, step_jacobian_determinants
+from ..analysis.folds import fold_mask, predict, step_jacobian_determinants
 from ..blocks import ResidualStack, SolverError
 from ..integrator import fmt_h
 from ..models import Classifier
 from ..runner.rundir import RunDirError
+from .chance import label_mark
 from .collect import ReportContext
 from .markdown import fmt, md_table
 from .registry import register_plot, register_section
@@ -41,6 +42,12 @@ from .runs import Run, run_dataset
 from .stats import sort_value, stats
 
 PLANE_PLOT = "plane_large_vs_small_step.png"
+#: Grid points per axis of the decision regions and the fold map; :data:`SMALL_RESOLUTION` for smoke runs and for
+#: test sets under :data:`SMALL_DATA` points (a picture of 64 points needs no 120 x 120 grid, and the fold map's
+#: Jacobians on it dominate a smoke sweep's report).
+PLANE_RESOLUTION = 120
+SMALL_RESOLUTION = 40
+SMALL_DATA = 500
 
 
 # ----------------------------------------------------------------------------------------------
@@ -53,6 +60,7 @@ class PlaneModel:
 
     label: str
     model: Classifier
+    folds: Tensor | None = None  # fold_mask(model, x) when already computed
 
 
 def _grid(lim: float, resolution: int) -> tuple[np.ndarray, np.ndarray, Tensor]:
@@ -126,7 +134,7 @@ def plane_figure(
                 ax.set_axis_off()
                 ax.text(0.5, 0.5, "no fixed steps: no step map", ha="center", va="center", transform=ax.transAxes)
             continue
-        folds = fold_mask(model, x)
+        folds = pm.folds if pm.folds is not None else fold_mask(model, x)
         extra = [i for i in folds.nonzero()[:, 0].tolist() if i not in set(sample.tolist())][:folded]
         chosen = torch.cat([sample, torch.tensor(extra, dtype=torch.long)])
         with torch.no_grad():
@@ -225,6 +233,18 @@ def planar_runs(ctx: ReportContext) -> dict[float, list[tuple[Any, Run]]]:
     return out
 
 
+def plane_resolution(ctx: ReportContext, runs: Sequence[Run], n_points: int) -> int:
+    """:data:`SMALL_RESOLUTION` for smoke runs or fewer than :data:`SMALL_DATA` test points, else
+    :data:`PLANE_RESOLUTION`."""
+    small = n_points < SMALL_DATA or any(ctx.smoke(run.run_dir) for run in runs)
+    return SMALL_RESOLUTION if small else PLANE_RESOLUTION
+
+
+def run_folds(ctx: ReportContext, run: Run) -> Tensor:
+    """:func:`~odenet.analysis.folds.fold_mask` of a run's model on its test inputs, computed once per report."""
+    return ctx.cached(("folds", run.run_dir), lambda: fold_mask(run.model(), run_dataset(ctx, run).x_test))
+
+
 @register_plot(PLANE_PLOT)
 def plane_plot(ctx: ReportContext) -> Figure | None:
     """The largest- and the smallest-step model (first seed) side by side, when inputs are 2-D."""
@@ -237,11 +257,14 @@ def plane_plot(ctx: ReportContext) -> Figure | None:
         model = run.model()
         steps = model.block.steps if isinstance(model.block, ResidualStack) else None
         scheme = getattr(model.block, "scheme", "?")
-        models.append(PlaneModel(f"trained with {scheme} N={steps} (h={fmt_h(h)}), seed {seed}", model))
+        label = f"trained with {scheme} N={steps} (h={fmt_h(h)}), seed {seed}" + label_mark(ctx, [run.run_dir])
+        folds = run_folds(ctx, run) if steps is not None else None
+        models.append(PlaneModel(label, model, folds))
         if data is None:
             data = run_dataset(ctx, run)
     assert data is not None
-    return plane_figure(models, data.x_test, data.y_test)
+    resolution = plane_resolution(ctx, [run for _, (_, run) in picks], len(data.x_test))
+    return plane_figure(models, data.x_test, data.y_test, resolution=resolution)
 
 
 def fold_table(ctx: ReportContext) -> list[str]:
@@ -250,22 +273,20 @@ def fold_table(ctx: ReportContext) -> list[str]:
     if len(runs) < 2:
         return []
     body = []
-    data = None
     for h in sorted(runs):
-        fractions, steps = [], None
+        fractions, steps, dirs = [], None, []
         for _, run in runs[h]:
             model = run.model()
             if not isinstance(model.block, ResidualStack):
                 continue
-            if data is None:
-                data = run_dataset(ctx, run)
             steps = model.block.steps
-            fractions.append(fold_fraction(model, data.x_test))
+            fractions.append(float(run_folds(ctx, run).float().mean()))
+            dirs.append(run.run_dir)
         if fractions:
             s = stats(fractions)
             assert s is not None
             per_seed = ", ".join(f"{100 * f:.1f}" for f in fractions)
-            body.append([fmt_h(h), fmt(steps), f"{100 * s.mean:.1f}", per_seed])
+            body.append([fmt_h(h) + label_mark(ctx, dirs), fmt(steps), f"{100 * s.mean:.1f}", per_seed])
     if len(body) < 2:
         return []
     return [

@@ -5,13 +5,14 @@ folders and the report's options) returning the section's markdown lines or a fi
 do not fit it (no 2-D inputs, one step size only, no adapted runs, ...). One that raises is logged and skipped,
 never stopping the report. Experiment modules register theirs when imported (``odenet.reports`` imports them
 all); sections appear after the table of accuracy at the training step size, and plots after the built-in ones,
-in the order they were registered.
+in the order they were registered. A section may return a :class:`Section`: its lines with the one-line
+*headlines* (its conclusion, or that the conclusion is withheld) that the report's summary lists.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -19,6 +20,15 @@ from matplotlib.figure import Figure
 from .collect import ReportContext
 
 log = logging.getLogger(__name__)
+
+
+class Section(list[str]):
+    """A section's markdown lines, with ``headlines``: one line each for the report's summary."""
+
+    def __init__(self, lines: Iterable[str] = (), headlines: Iterable[str] = ()) -> None:
+        super().__init__(lines)
+        self.headlines = list(headlines)
+
 
 SectionFn = Callable[[ReportContext], list[str] | None]
 PlotFn = Callable[[ReportContext], Figure | None]
@@ -62,11 +72,11 @@ def guarded(what: str, fn: Callable[..., Any], *args: Any) -> Any:
         return None
 
 
-def sections(ctx: ReportContext) -> list[list[str]]:
-    """The markdown lines of every registered section that applies to ``ctx`` (in registration order)."""
+def sections(ctx: ReportContext) -> list[Section]:
+    """Every registered section that applies to ``ctx`` (in registration order), as :class:`Section`."""
     out = []
     for name, fn in SECTIONS.items():
         lines = guarded(f"section {name!r}", fn, ctx)
         if lines:
-            out.append(list(lines))
+            out.append(Section(lines, getattr(lines, "headlines", ())))
     return out

@@ -27,10 +27,11 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from ..blocks import ODEBlock, ResidualStack
+from .chance import label_mark, mark_cell, value_at_chance, withheld_line, withhold
 from .collect import ReportContext
 from .figures import legend_union
 from .markdown import md_table
-from .registry import register_plot, register_section
+from .registry import Section, register_plot, register_section
 from .runs import Run, by_data_and_label, configured_runs, run_dataset
 from .stats import mean_std
 
@@ -140,7 +141,9 @@ def dynamics_section(ctx: ReportContext) -> list[str] | None:
         body = []
         for label, rs in by_label.items():
             fwd = [history_means(r.history, "nfe_forward") for r in rs]
-            cells = [label, str(len(rs)), mean_std([r.train_eval().get("accuracy") for r in rs]),
+            acc = [r.train_eval().get("accuracy") for r in rs]
+            cells = [label + label_mark(ctx, [r.run_dir for r in rs]), str(len(rs)),
+                     mark_cell(mean_std(acc), value_at_chance(acc, [r.baseline for r in rs])),
                      mean_std([r.train.get("train_accuracy") for r in rs]),
                      mean_std([r.train.get("train_loss") for r in rs], "{:.3g}"),
                      mean_std([f[0] if f else None for f in fwd], "{:.1f}"),
@@ -161,7 +164,16 @@ def dynamics_section(ctx: ReportContext) -> list[str] | None:
             cells.append(mean_std([_column(r.history, "seconds")[-1] for r in rs], "{:.0f}"))
             body.append(cells)
         lines += [f"### {data}", "", *md_table(header, body)]
-    return lines
+    return _withheld(ctx, lines, runs, "Accuracy and NFE compared across models")
+
+
+def _withheld(ctx: ReportContext, lines: list[str], runs: Sequence[Run], what: str) -> list[str]:
+    """``lines``, with the line withholding the comparison ``what`` when some of ``runs`` are at chance."""
+    withheld = withhold(ctx, [r.run_dir for r in runs])
+    if withheld is None:
+        return lines
+    text = withheld_line(what, withheld)
+    return Section([*lines, text, ""], [text])
 
 
 @register_plot("nfe_over_training.png")
@@ -267,7 +279,8 @@ def penalties_section(ctx: ReportContext) -> list[str] | None:
             for r in rs:
                 x = run_dataset(ctx, r).x_test[:PENALTY_POINTS]
                 measured.append(measure_penalties(r.model(), x))
-            body.append([label, str(len(rs)), mean_std([m.get("kinetic") for m in measured], "{:.4g}"),
+            body.append([label + label_mark(ctx, [r.run_dir for r in rs]), str(len(rs)),
+                         mean_std([m.get("kinetic") for m in measured], "{:.4g}"),
                          mean_std([m.get("jacobian") for m in measured], "{:.4g}")])
         lines += [f"### {data}", "", *md_table(["model", "seeds", "kinetic", "jacobian"], body)]
-    return lines
+    return _withheld(ctx, lines, runs, "Kinetic energy and Jacobian compared across models")

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..integrator import Integrator, fmt_h
 from ..runner.rundir import RunDir, RunDirError
-from .collect import ReportContext
+from .collect import ReportContext, run_beats_baseline
 
 BLOCK_COLORS = {"plain": "tab:red", "residual": "tab:blue", "ode": "tab:green", "learned_steps": "tab:purple"}
 
@@ -53,6 +53,22 @@ class Run:
     @property
     def seed(self) -> Any:
         return (self.folder.metrics or {}).get("seed")
+
+    @property
+    def baseline(self) -> float | None:
+        """The majority-class baseline accuracy (None: regression, or not recorded)."""
+        value = (self.folder.metrics or {}).get("baseline_accuracy")
+        return None if value is None else float(value)
+
+    @property
+    def at_chance(self) -> bool:
+        """The model did not beat its majority-class baseline under its training solver."""
+        return run_beats_baseline(self.folder.metrics) is False
+
+    @property
+    def smoke(self) -> bool:
+        """A ``+debug=smoke`` run: its numbers check the machinery and mean nothing."""
+        return bool((self.folder.metrics or {}).get("smoke"))
 
     @cached_property
     def integrator(self) -> Integrator | None:

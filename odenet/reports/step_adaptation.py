@@ -26,8 +26,9 @@ from matplotlib.ticker import NullLocator
 
 from ..integrator import Integrator, fmt_h
 from ..runner.io import read_csv
-from .collect import SUMMARY, ReportContext
-from .registry import register_plot, register_section
+from .chance import MARK, Withheld, withheld_line
+from .collect import SUMMARY, ReportContext, run_beats_baseline
+from .registry import Section, register_plot, register_section
 from .stats import Stats, sort_value, stats
 
 __all__ = ["adapted_runs", "load_grid", "adaptation_tables", "plot_adaptation", "adaptation_section"]
@@ -47,7 +48,7 @@ def _num(value: Any) -> float | None:
 def adapted_runs(ctx: ReportContext) -> list[dict[str, Any]]:
     """One dict per finished adapted run of the report: seed, summary, evaluations, history, decisions."""
     runs = []
-    for _, folder in ctx.run_dirs():
+    for run_dir, folder in ctx.run_dirs():
         metrics = folder.metrics or {}
         adaptation = (metrics.get("train") or {}).get("adaptation")
         if metrics.get("status") != "ok" or not adaptation:
@@ -55,6 +56,8 @@ def adapted_runs(ctx: ReportContext) -> list[dict[str, Any]]:
         history = folder.history
         runs.append({
             "run_dir": folder.path,
+            "dir": run_dir,
+            "at_chance": run_beats_baseline(metrics) is False,
             "seed": metrics.get("seed"),
             "adaptation": adaptation,
             "evaluations": {
@@ -76,7 +79,8 @@ def load_grid(path: str | Path) -> Grid:
     """From a fixed-step sweep's ``summary.csv``: ``{N: {"train": {seed: acc}, "midpoint": {...}, "nfe": {...}}}``
     for euler-trained models at N steps, and ``{"dopri5": {...}}`` for models trained through an adaptive solver.
 
-    ``train`` is the test accuracy under the training solver, ``nfe`` its NFE per forward, the other keys the
+    ``train`` is the test accuracy under the training solver, ``nfe`` its NFE per forward, ``at_chance`` whether
+    that model did not beat its majority-class baseline (the ``beats_baseline`` column), the other keys the
     accuracy under that test solver at the training step size.
     """
     p = Path(path)
@@ -99,6 +103,7 @@ def load_grid(path: str | Path) -> Grid:
         cell, seed = grid.setdefault(key, {}), r.get("seed")
         if r.get("is_train_solver") == "True":
             cell.setdefault("train", {})[seed] = acc
+            cell.setdefault("at_chance", {})[seed] = r.get("beats_baseline") == "False"
             cell.setdefault("nfe", {})[seed] = _num(r.get("nfe")) or math.nan
         elif isinstance(key, int) and _num(r.get("test_steps")) == n:
             cell.setdefault(str(r["test_solver"]), {})[seed] = acc
@@ -151,7 +156,7 @@ def adaptation_tables(runs: Sequence[dict[str, Any]], grid: Grid | None = None) 
         a = run["adaptation"]
         final_nfe = _train_nfe(run)
         lines.append(_row([
-            str(run["seed"]),
+            str(run["seed"]) + (f" {MARK}" if run.get("at_chance") else ""),
             f"{fmt_h(a['initial_step_size'])} -> {a['final_step_size']:.4g} ({a['final_steps']})",
             f"{a['min_step_size_used']:.4g}",
             f"{a['nfe_forward_mean']:.1f}",
@@ -225,7 +230,8 @@ def _per_seed_table(runs: Sequence[dict[str, Any]], grid: Grid) -> list[str]:
         cells = [seed]
         for k in keys:
             train, mid = grid[k].get("train", {}).get(seed), grid[k].get("midpoint", {}).get(seed)
-            text = "–" if train is None else f"{100 * train:.1f}"
+            text = "–" if train is None else f"{100 * train:.1f}" + (
+                f" {MARK}" if grid[k].get("at_chance", {}).get(seed) else "")
             cells.append(text if mid is None or train is None else f"{text} / {100 * mid:.1f}")
         run = by_seed.get(seed)
         if run is None:
@@ -233,8 +239,8 @@ def _per_seed_table(runs: Sequence[dict[str, Any]], grid: Grid) -> list[str]:
         else:
             a = run["adaptation"]
             train, mid = _acc(run, a["solver"], True), _acc(run, "midpoint")
-            cells.append(f"{100 * train:.1f} / {100 * mid:.1f} ({a['nfe_forward_mean']:.1f})"
-                         if train is not None and mid is not None else "–")
+            cells.append(f"{100 * train:.1f}{f' {MARK}' if run.get('at_chance') else ''} / {100 * mid:.1f} "
+                         f"({a['nfe_forward_mean']:.1f})" if train is not None and mid is not None else "–")
         lines.append(_row(cells))
     return lines + [""]
 
@@ -332,7 +338,18 @@ def adaptation_section(ctx: ReportContext) -> list[str] | None:
     runs = adapted_runs(ctx)
     if not runs:
         return None
-    return ["## Step-size adaptation", "", *adaptation_tables(runs, _grid(ctx)).split("\n")]
+    grid = _grid(ctx)
+    lines = ["## Step-size adaptation", "", *adaptation_tables(runs, grid).split("\n")]
+    chance = sum(r["at_chance"] for r in runs)
+    total = len(runs)
+    for cell in (grid or {}).values():
+        flags = cell.get("at_chance", {})
+        chance, total = chance + sum(flags.values()), total + len(flags)
+    if not chance:
+        return lines
+    what = "Adapted step size against the grid search" if grid else "Adapted step size against fixed steps"
+    text = withheld_line(what, Withheld(chance, total))
+    return Section([*lines, text, ""], [text])
 
 
 @register_plot("step_adaptation.png")

@@ -24,9 +24,20 @@ from typing import Any
 
 from ..integrator import fmt_h
 from ..solvers import SCHEMES
+from .chance import (
+    MARK,
+    Withheld,
+    cell_at_chance,
+    label_mark_rows,
+    mark_cell,
+    rows_at_chance,
+    value_at_chance,
+    withheld_line,
+    withhold_rows,
+)
 from .collect import ReportContext, Row
 from .markdown import eval_label, fmt, fmt_stats, md_table
-from .registry import register_section
+from .registry import Section, register_section
 from .stats import adaptive_eval, adaptive_train, eval_key, setting_keys, sort_key, sort_value, stats
 
 #: One accuracy point: the largest gap between training and finer solver at which a step size passes.
@@ -85,6 +96,9 @@ class StepCheck:
     seeds_within: int  # of those, seeds whose every finer evaluation is within the tolerance
     failed: int  # finer evaluations that failed (left out of the gap)
     within: bool  # |gap| <= tolerance
+    at_chance: int = 0  # of the runs at this h with a training accuracy, those that did not beat their baseline
+    runs: int = 0  # the runs at this h with a training accuracy
+    baseline: float | None = None  # their mean majority-class baseline accuracy (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,7 @@ class CriticalStepSize:
     setting: str  # further swept settings of these models ("" when none)
     tolerance: float
     checks: tuple[StepCheck, ...]
+    withheld: Withheld | None = None  # some models of the family are at chance: no critical step size is stated
 
     @property
     def critical(self) -> float | None:
@@ -143,7 +158,7 @@ def critical_step_sizes(rows: Sequence[Row], tolerance: float = TOLERANCE) -> li
         if not any(c.worst_solver is not None for c in checks):
             continue
         setting = ", ".join(f"{k}={fmt(v)}" for k, v in zip(settings, extra))
-        results.append(CriticalStepSize(str(train_solver), setting, tolerance, tuple(checks)))
+        results.append(CriticalStepSize(str(train_solver), setting, tolerance, tuple(checks), withhold_rows(family)))
     return results
 
 
@@ -163,8 +178,12 @@ def _check(train_solver: str, h: float, rows: list[Row], all_rows: Sequence[Row]
     )
     steps = next((r["train_steps"] for r in rows), None)
     train_mean = _mean(train.values())
+    chance = len(rows_at_chance(rows)[0])
+    bases = [float(b) for r in rows if r["is_train_solver"] and (b := r.get("baseline_accuracy")) is not None]
+    baseline = _mean(bases) if bases else None
     if not finer:
-        return StepCheck(train_solver, steps, h, train_mean, None, None, None, len(train), len(train), failed, True)
+        return StepCheck(train_solver, steps, h, train_mean, None, None, None, len(train), len(train), failed, True,
+                         chance, len(train), baseline)
     gaps = {key: _mean(acc - train[s] for s, acc in per_seed.items()) for key, per_seed in finer.items()}
     worst = max(gaps, key=lambda k: (abs(gaps[k]), sort_key(k)))
     seeds = sorted({s for per_seed in finer.values() for s in per_seed}, key=sort_value)
@@ -185,7 +204,17 @@ def _check(train_solver: str, h: float, rows: list[Row], all_rows: Sequence[Row]
         seeds_within=seeds_within,
         failed=failed,
         within=abs(gaps[worst]) <= tolerance + 1e-12,
+        at_chance=chance,
+        runs=len(train),
+        baseline=baseline,
     )
+
+
+def _finer_cell(c: StepCheck) -> str:
+    """The finer solver's accuracy, marked when it is at chance."""
+    if c.worst_accuracy is None:
+        return "–"
+    return mark_cell(f"{c.worst_accuracy:.4f}", value_at_chance([c.worst_accuracy], [c.baseline]))
 
 
 def _h_text(h: float | None, steps: int | None = None) -> str:
@@ -194,10 +223,11 @@ def _h_text(h: float | None, steps: int | None = None) -> str:
     return f"h = {fmt_h(h)}" + (f" (N = {steps})" if steps else "")
 
 
-def critical_step_markdown(results: Sequence[CriticalStepSize]) -> list[str]:
-    """Markdown: the per-step-size table and the critical step size of each training solver."""
+def critical_step_markdown(results: Sequence[CriticalStepSize]) -> Section:
+    """Markdown: the per-step-size table and the critical step size of each training solver (its headlines: the
+    critical step sizes, or that they are withheld because some of the models are at chance)."""
     if not results:
-        return []
+        return Section()
     tol_points = results[0].tolerance * 100
     lines = [
         "## Critical step size",
@@ -209,20 +239,23 @@ def critical_step_markdown(results: Sequence[CriticalStepSize]) -> list[str]:
         "which that h and every smaller trained h pass.",
         "",
     ]
+    headlines = []
     for res in results:
         title = f"trained with {res.train_solver}" + (f", {res.setting}" if res.setting else "")
         body = []
         for c in res.checks:
+            chance = f" {MARK}" + (f" {c.at_chance}/{c.runs}" if c.at_chance != c.runs else "") if c.at_chance else ""
+            passes = "withheld" if c.at_chance else "yes" if c.within else "**no**"
             body.append(
                 [
                     fmt_h(c.step_size),
                     fmt(c.train_steps),
-                    f"{c.train_accuracy:.4f}",
+                    f"{c.train_accuracy:.4f}{chance}",
                     c.worst_solver or "–",
-                    f"{c.worst_accuracy:.4f}" if c.worst_accuracy is not None else "–",
+                    _finer_cell(c),
                     f"{100 * c.gap:+.1f}" if c.gap is not None else "–",
                     f"{c.seeds_within}/{c.seeds}",
-                    ("yes" if c.within else "**no**") + (f" ({c.failed} failed)" if c.failed else ""),
+                    passes + (f" ({c.failed} failed)" if c.failed else ""),
                 ]
             )
         lines += [f"### {title.capitalize()}", ""]
@@ -230,6 +263,11 @@ def critical_step_markdown(results: Sequence[CriticalStepSize]) -> list[str]:
             ["h", "N", "training acc.", "farthest finer solver", "its acc.", "gap (points)", "seeds within", "passes"],
             body,
         )
+        if res.withheld is not None:
+            text = withheld_line(f"Critical step size ({title})", res.withheld)
+            lines += [text, ""]
+            headlines.append(text)
+            continue
         steps_of = {c.step_size: c.train_steps for c in res.checks}
         crit = res.critical
         if crit is None:
@@ -244,7 +282,8 @@ def critical_step_markdown(results: Sequence[CriticalStepSize]) -> list[str]:
         if literal is not None and literal != crit:
             text += f" (The largest passing h is {fmt_h(literal)}, but a smaller h fails.)"
         lines += [text, ""]
-    return lines
+        headlines.append(text)
+    return Section(lines, headlines)
 
 
 @register_section("critical step size")
@@ -257,8 +296,9 @@ def critical_step_section(ctx: ReportContext) -> list[str] | None:
 # Accuracy per step factor
 
 
-def _cell(values: list[float]) -> str:
-    return fmt_stats(stats(values), 3)
+def _cell(rows: list[Row]) -> str:
+    """Mean ± std accuracy of ``rows`` (3 decimals), marked when at chance."""
+    return mark_cell(fmt_stats(stats(r["accuracy"] for r in rows), 3), cell_at_chance(rows))
 
 
 def step_factor_table(rows: Sequence[Row], factors: Sequence[float] = STEP_FACTORS) -> list[str]:
@@ -282,12 +322,13 @@ def step_factor_table(rows: Sequence[Row], factors: Sequence[float] = STEP_FACTO
             cells = []
             for f in factors:
                 steps = max(1, round(n / f))
-                vals = [r["accuracy"] for r in fixed if r["train_steps"] == n and r["test_solver"] == solver
+                vals = [r for r in fixed if r["train_steps"] == n and r["test_solver"] == solver
                         and r["test_steps"] == steps]  # fmt: skip
                 cells.append(f"{_cell(vals)} ({steps})" if vals else "–")
             if any(c != "–" for c in cells):
-                train_solver = next(r["train_solver"] for r in fixed if r["train_steps"] == n)
-                body.append([f"{train_solver} N={n} (h={fmt_h(1 / n)})", *cells])
+                mine = [r for r in fixed if r["train_steps"] == n]
+                label = f"{mine[0]['train_solver']} N={n} (h={fmt_h(1 / n)})" + label_mark_rows(mine)
+                body.append([label, *cells])
         if sum(c != "–" for row in body for c in row[1:]) < 2:
             continue
         header = ["trained model", *(f"{f:g} h" for f in factors)]
@@ -318,11 +359,11 @@ def fixed_grid_table(rows: Sequence[Row]) -> list[str]:
         steps = sorted({int(r["test_steps"]) for r in mine})
         solvers = sorted({r["test_solver"] for r in mine}, key=lambda s: (solver_order(s) or 99, s))
         body = [
-            [solver, *(_cell([r["accuracy"] for r in mine if r["test_solver"] == solver and r["test_steps"] == n])
+            [solver, *(_cell([r for r in mine if r["test_solver"] == solver and r["test_steps"] == n])
                        for n in steps)]
             for solver in solvers
         ]  # fmt: skip
-        lines += [f"### Trained with {train_solver} (adaptive)", ""]
+        lines += [f"### Trained with {train_solver} (adaptive){label_mark_rows(mine)}", ""]
         lines += md_table(["test solver", *(f"N={n} (h={fmt_h(1 / n)})" for n in steps)], body)
     if not lines:
         return []

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..blocks import Block, ODEBlock, ResidualStack
+from ..blocks import Block, ODEBlock, ResidualStack, raised_by_field
 from ..models import Classifier
 from .accel import augment_images
 from .adaptation import StepSizeAdaptation
@@ -92,6 +92,8 @@ def backward(model: Classifier, loss: torch.Tensor) -> None:
         loss.backward()
     except AssertionError as err:
         block = model.block
+        if raised_by_field(err):
+            raise  # the user's own field: unchanged
         if isinstance(block, ODEBlock):
             raise block.solver_error(f"in the adjoint (backward) solve: {err}") from err
         raise

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from ..blocks import SolverError
+from ..blocks import NonFiniteStateError, SolverError
 from ..data import Dataset, load_dataset
 from ..models import Classifier, count_parameters, format_parameters, parameter_breakdown
 from . import measure
@@ -134,12 +134,12 @@ def _train(cfg: Config, run: RunDir, key: str, model: Classifier, data: Dataset,
     try:
         state = trainer.fit(state, x_train, y_train, data.task)
         train_eval = evaluate(model, x_train, y_train, cfg.trainer.eval_batch_size, data.task)
-    except (TrainingDiverged, SolverError, NonFiniteOutput) as err:
+    except (TrainingDiverged, SolverError, NonFiniteOutput, NonFiniteStateError) as err:
+        if isinstance(err, (NonFiniteOutput, NonFiniteStateError)):
+            err = TrainingDiverged(f"the model blew up in training (lower optimizer.lr = {cfg.optimizer.lr:g}): {err}")
         metrics.update(status="failed", reason=str(err))
         run.write_metrics(metrics)
-        if isinstance(err, NonFiniteOutput):
-            raise TrainingDiverged(f"the trained model's outputs on the training set are not finite: {err}") from err
-        raise
+        raise err from None
 
     run.save_model(model.state_dict())
     history, steps = state.history, learned_step_sizes(model)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -184,7 +185,7 @@ def test_learned_steps_smoke_sweep(smoke_sweep):
     text = (sweep / "report.md").read_text()
     assert "## Learned step sizes" in text
     for data in ("sphere2", "digits"):
-        for grid in ("| learned |", "| learned, θ lr ×10 |", "| uniform |"):
-            assert f"| {data} {grid}" in text
+        for grid in ("learned", "learned, θ lr ×10", "uniform"):  # marked † when the smoke models are at chance
+            assert re.search(re.escape(f"| {data} | {grid}") + r"(?: †(?: \d+/\d+)?)? \|", text), (data, grid)
     png = sweep / "learned_steps.png"
     assert png.is_file() and 0 < png.stat().st_size <= MAX_PNG_BYTES

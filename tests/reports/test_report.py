@@ -37,6 +37,7 @@ FAILED_EVAL = (2, 1, "rk4")  # (train N, seed, test solver) whose evaluation fai
 EVAL_REASON = "step size underflow"
 RUN_REASON = "loss diverged (nan) at iteration 12"
 SEEDS = (0, 1)
+BASELINE = 0.5  # majority-class baseline of the fixture runs: every model beats it
 
 
 def _evaluation(n_train: int, seed: int, solver: str, steps: int | None) -> dict[str, Any]:
@@ -68,6 +69,8 @@ def _metrics(n_train: int, seed: int, evaluations: list[dict[str, Any]] | None =
         "reason": None,
         "seed": seed,
         "overrides": {"solver.steps": str(n_train), "seed": str(seed)},
+        "baseline_accuracy": BASELINE,
+        "smoke": False,
         "train": {"solver": "euler", "steps": n_train, "step_size": 1 / n_train, "block": "residual",
                   "iterations": 10, "final_loss": 0.1, "final_accuracy": 0.9, "parameters": 42},
         "evaluations": evaluations,
@@ -138,12 +141,13 @@ def _expected_rows() -> list[dict[str, str]]:
                 row |= {k: ev[k] for k in ("test_solver", "test_steps", "test_step_size", "rtol", "atol")}
                 row |= {k: ev[k] for k in ("is_train_solver", "accuracy", "loss", "nfe")}
                 row |= {"seed": seed, "status": ev["status"], "reason": ev["reason"], "run_dir": str(job)}
+                row |= {"baseline_accuracy": BASELINE, "beats_baseline": True, "smoke": False}
                 rows.append({k: _csv_value(v) for k, v in row.items()})
             job += 1
     failed = dict.fromkeys(COLUMNS, "")
     failed |= {"solver.steps": "8", "train_solver": "euler", "train_steps": "8", "train_step_size": "0.125"}
     failed |= {"is_train_solver": "False", "seed": "0", "status": "failed", "reason": RUN_REASON}
-    failed |= {"run_dir": "retry/0"}
+    failed |= {"run_dir": "retry/0", "smoke": "False"}  # no baseline recorded: beats_baseline unknown
     return rows + [failed]
 
 

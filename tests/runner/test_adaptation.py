@@ -16,7 +16,7 @@ from odenet.runner.evaluate import eval_options
 from odenet.runner.train import load_model, train_and_evaluate
 from odenet.runner.validate import validate as check_config
 
-SMOKE = ["+debug=smoke", "trainer.progress=false"]
+SMOKE = ["+debug=smoke", "trainer.progress=false", "data=sphere2"]  # Ott et al.'s data (the primary default is digits)
 
 
 def never(h: float) -> float:

@@ -27,7 +27,7 @@ GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in (
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 # Groups the primary config selects; others (train_solver: `# @package _global_` options) are added with `+`.
 PRIMARY_GROUPS = {next(iter(d)) for d in OmegaConf.load(CONF / "config.yaml").defaults if not isinstance(d, str)}
-SMOKE = ["+debug=smoke", "trainer.progress=false"]
+SMOKE = ["+debug=smoke", "trainer.progress=false", "data=sphere2"]  # 2-D inputs (the primary default is digits)
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -211,10 +211,13 @@ def test_sweep_survives_a_failing_job(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    failed = json.loads((sweep / "0" / "metrics.json").read_text())
-    ok = json.loads((sweep / "1" / "metrics.json").read_text())
+    (failed_dir,) = sweep.glob("*solver.max_steps=1,*")  # job folders are named by their overrides
+    (ok_dir,) = sweep.glob("*solver.max_steps=1000,*")
+    failed = json.loads((failed_dir / "metrics.json").read_text())
+    ok = json.loads((ok_dir / "metrics.json").read_text())
     assert failed["status"] == "failed" and "max_steps" in failed["reason"]
     assert ok["status"] == "ok"
+    assert (sweep / "summary.csv").is_file() and "max_steps" in (sweep / "report.md").read_text()
 
 
 def test_submitit_local_launcher(tmp_path):

@@ -158,7 +158,7 @@ class StepSizeAdaptation:
             min_step_size=a.min_step_size if a.min_step_size is not None else T / 500,
             max_step_size=a.max_step_size if a.max_step_size is not None else T,
         )
-        h0 = a.initial_step_size if a.initial_step_size is not None else T / int(cfg.solver.steps)  # type: ignore[arg-type]
+        h0 = a.initial_step_size if a.initial_step_size is not None else T / int(cfg.solver.steps or 1)
         return cls(rule, h0, T, cfg.solver.name, a.test_solver, a.every, a.accuracy_factor)
 
     # --- the block ----------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def run_evaluations(cfg: Config, model: Classifier, data: Dataset, device: torch
 
     results: list[EvaluationRecord] = []
     for name, it, is_train in entries:
-        entry: dict[str, Any] = {
+        entry: EvaluationRecord = {
             "test_solver": name, "test_steps": None, "test_step_size": None, "rtol": None, "atol": None,
             "accuracy": None, "loss": None, "nfe": None, "status": "ok", "reason": None, "is_train_solver": is_train,
         }
@@ -146,13 +146,15 @@ def run_evaluations(cfg: Config, model: Classifier, data: Dataset, device: torch
                 raise ValueError(it)
             steps = it.steps_on(T) if is_train else it.steps
             h = it.h(T) if is_train else (it.step_size if it.step_size is not None else (T / steps if steps else None))
-            entry.update(test_steps=steps, test_step_size=h,
-                         rtol=(cfg.solver.rtol if is_train else it.rtol) if it.adaptive else None,
-                         atol=(cfg.solver.atol if is_train else it.atol) if it.adaptive else None)
+            entry["test_steps"], entry["test_step_size"] = steps, h
+            if it.adaptive:
+                entry["rtol"] = cfg.solver.rtol if is_train else it.rtol
+                entry["atol"] = cfg.solver.atol if is_train else it.atol
             evaluated = model if is_train else model.with_solver(name, **it.options())
-            entry.update(evaluate(evaluated, x, y, bs, data.task))
+            result = evaluate(evaluated, x, y, bs, data.task)
+            entry["accuracy"], entry["loss"], entry["nfe"] = result["accuracy"], result["loss"], result["nfe"]
         except (SolverError, ValueError) as err:
-            entry.update(status="failed", reason=str(err))
+            entry["status"], entry["reason"] = "failed", str(err)
             log.warning("evaluation %s failed: %s", it if isinstance(it, str) else it.label(T), err)
-        results.append(entry)  # type: ignore[arg-type]
+        results.append(entry)
     return results

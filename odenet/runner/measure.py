@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..analysis import (
     depth_smoothness,
@@ -34,6 +34,7 @@ from ..analysis._util import stack_times
 from ..analysis.adaptive_steps import adaptive_steps
 from ..blocks import ODEBlock, ResidualStack
 from ..fields import DepthIndexedField
+from ..models import Classifier
 from .config import AnalysisConfig
 
 log = logging.getLogger(__name__)
@@ -56,19 +57,19 @@ def _guard(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _state_times(model: nn.Module, cfg: AnalysisConfig) -> list[float]:
-    block = model.block  # type: ignore[attr-defined]
+def _state_times(model: Classifier, cfg: AnalysisConfig) -> list[float]:
+    block = model.block
     if isinstance(block, ResidualStack):
         return _floats(stack_times(block))
     return _floats(torch.linspace(0.0, block.T, cfg.gradient_times + 1, dtype=torch.float64))
 
 
-def _no_adjoint(model: nn.Module) -> nn.Module:
+def _no_adjoint(model: Classifier) -> Classifier:
     """The model with an adjoint ODE block replaced by the direct one (same field): HVPs need double backward."""
-    block = model.block  # type: ignore[attr-defined]
+    block = model.block
     if isinstance(block, ODEBlock) and block.adjoint:
         options = {k: v for k, v in block.options.items() if k != "solver"}
-        return model.with_solver(block.solver, **{**options, "adjoint": False})  # type: ignore[attr-defined]
+        return model.with_solver(block.solver, **{**options, "adjoint": False})
     return model
 
 
@@ -76,7 +77,7 @@ def _no_adjoint(model: nn.Module) -> nn.Module:
 class Context:
     """What a measurement sees: the model, the first ``analysis.points`` training examples, the loss, the config."""
 
-    model: nn.Module
+    model: Classifier
     x: Tensor
     y: Tensor
     loss_fn: LossFn
@@ -152,7 +153,7 @@ def _sharpness(c: Context) -> dict[str, Any]:
 
 @register_measurement("depth", "depth")
 def _depth(c: Context) -> dict[str, Any]:
-    field = c.model.block.field  # type: ignore[attr-defined]
+    field = c.model.block.field
     if not isinstance(field, DepthIndexedField):
         raise ValueError("depth smoothness needs a depth-indexed field (field.untied=true)")
     d = depth_smoothness(field)
@@ -172,7 +173,7 @@ def _adaptive_steps(c: Context) -> dict[str, Any]:
     """The trained field re-solved by ``cfg.adaptive_solver`` (float64): its accepted steps, and the block's own."""
     cfg = c.cfg
     s = adaptive_steps(c.model, c.x, solver=cfg.adaptive_solver, rtol=cfg.adaptive_rtol, atol=cfg.adaptive_atol)
-    block = c.model.block  # type: ignore[attr-defined]
+    block = c.model.block
     own = _floats(block.step_sizes) if isinstance(block, ResidualStack) else None
     return {"solver": s.solver, "rtol": s.rtol, "atol": s.atol, "T": s.T, "step_sizes": s.sizes,
             "step_starts": s.starts, "nfe": s.nfe, "steps_accepted": s.accepted, "steps_rejected": s.rejected,
@@ -197,7 +198,7 @@ def enabled(cfg: AnalysisConfig) -> bool:
     return cfg.interpolation or any(getattr(cfg, m.flag) for m in MEASUREMENTS)
 
 
-def at_init(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, cfg: AnalysisConfig) -> dict[str, Any]:
+def at_init(model: Classifier, x: Tensor, y: Tensor, loss_fn: LossFn, cfg: AnalysisConfig) -> dict[str, Any]:
     """Measurements at initialisation; ``_init_state`` (kept in memory only) when ``interpolation`` needs it."""
     out: dict[str, Any] = {}
     if cfg.interpolation:
@@ -207,7 +208,7 @@ def at_init(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, cfg: Analys
 
 
 def after_training(
-    model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, cfg: AnalysisConfig,
+    model: Classifier, x: Tensor, y: Tensor, loss_fn: LossFn, cfg: AnalysisConfig,
     init_state: dict[str, Tensor] | None = None,
 ) -> dict[str, Any]:
     """Every enabled measurement on the trained model (``init_state``: the weights at init, for ``interpolation``)."""

@@ -220,6 +220,7 @@ def test_sweep_survives_a_failing_job(tmp_path):
     assert (sweep / "summary.csv").is_file() and "max_steps" in (sweep / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"

@@ -346,9 +346,16 @@ def precheck(argv: Sequence[str]) -> str | None:
     for o in parsed:
         if o.is_sweep_override() and not o.key_or_group.startswith("hydra"):
             variants += [[*base, f"{o.get_key_element()}={v}"] for v in o.sweep_string_iterator()]
+    from .ranges import check_ranges
+
     for overrides in variants:
         try:
-            check_keys(load_config(overrides))
+            cfg = load_config(overrides)
+            check_keys(cfg)
         except Exception as err:
             return _one_line(err)
+        try:
+            check_ranges(cfg)
+        except ValueError as err:
+            return str(err)
     return None

@@ -7,10 +7,6 @@ ranges in :data:`RANGES`, and the combinations that cannot work together are ref
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
-
 from omegaconf import DictConfig
 
 from ..models import AMP_DTYPES, IMAGE_STEMS
@@ -19,121 +15,10 @@ from ..solvers import ADAPTIVE_SOLVERS, SCHEMES, TORCHDIFFEQ_FIXED, all_solver_n
 from .build import BLOCKS, FIELDS, HEADS, OPTIMIZERS, SCHEDULES, regularizers
 from .config import Config, unknown_keys
 from .errors import ConfigError, check_choice
+from .ranges import LOGGERS, OBJECTIVES, RANGES, Range, check_ranges
 from .tracking import check_logger
 
 __all__ = ["ConfigError", "RANGES", "Range", "check_choice", "validate"]
-
-
-@dataclass(frozen=True)
-class Range:
-    """An allowed numeric range; ``integer`` also refuses fractions, ``optional`` allows null."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False  # low < value (else low <= value)
-    high_open: bool = False
-    integer: bool = False
-    optional: bool = False
-    hint: str = ""  # appended to the error message
-
-    def describe(self) -> str:
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        kind = "an integer" if self.integer else "a number"
-        text = f"{kind} {' and '.join(parts)}".strip() + (" (or null)" if self.optional else "")
-        return text + (f", {self.hint}" if self.hint else "")
-
-    def ok(self, value: Any) -> bool:
-        if value is None:
-            return self.optional
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return False
-        if self.integer and value != int(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
-
-
-LOGGERS = ("none", "tensorboard")
-OBJECTIVES = ("test_accuracy", "validation_accuracy", "validation_loss", "test_loss", "train_loss", "nfe")
-
-POSITIVE = Range(0, low_open=True)
-COUNT = Range(1, integer=True)
-NONNEG = Range(0)
-
-#: Every numeric setting and its allowed range.
-RANGES: dict[str, Range] = {
-    "threads": Range(1, integer=True, optional=True),
-    "data.n_train": Range(1, integer=True, optional=True),
-    "data.n_test": Range(1, integer=True, optional=True),
-    "data.seed": Range(0, integer=True),
-    "data.dim": COUNT,
-    "data.noise": Range(0, optional=True),
-    "data.crop_padding": Range(0, integer=True),
-    "data.validation": Range(0, 0.9),
-    "field.hidden": COUNT,
-    "field.depth": COUNT,
-    "field.kernel": COUNT,
-    "field.groups": COUNT,
-    "model.width": Range(1, integer=True, optional=True),
-    "model.augment_dim": Range(0, integer=True),
-    "block.T": POSITIVE,
-    "solver.steps": Range(1, integer=True, optional=True),
-    "solver.rtol": POSITIVE,
-    "solver.atol": POSITIVE,
-    "solver.max_steps": COUNT,
-    "optimizer.lr": POSITIVE,
-    "optimizer.weight_decay": NONNEG,
-    "optimizer.momentum": Range(0, 1, high_open=True),
-    "optimizer.step_lr_scale": POSITIVE,
-    "optimizer.gamma": Range(0, 1, low_open=True),
-    "trainer.iterations": Range(1, integer=True, optional=True),
-    "trainer.epochs": Range(1, integer=True, optional=True),
-    "trainer.batch_size": COUNT,
-    "trainer.log_every": COUNT,
-    "trainer.checkpoint_every": COUNT,
-    "trainer.eval_batch_size": COUNT,
-    "adaptation.every": COUNT,
-    "adaptation.threshold": Range(0, 1, hint="a fraction of the batch (0.1 = 10 points)"),
-    "adaptation.accuracy_factor": Range(0, low_open=True, optional=True),
-    "adaptation.decrease": Range(0, 1, low_open=True, high_open=True),
-    "adaptation.increase": Range(1, low_open=True),
-    "adaptation.initial_step_size": Range(0, low_open=True, optional=True),
-    "adaptation.max_step_size": Range(0, low_open=True, optional=True),
-    "adaptation.min_step_size": Range(0, low_open=True, optional=True),
-    "regularization.kinetic": NONNEG,
-    "regularization.jacobian": NONNEG,
-    "analysis.gradient_times": COUNT,
-    "analysis.grid": Range(2, integer=True),
-    "analysis.span": POSITIVE,
-    "analysis.hessian_iters": COUNT,
-    "analysis.hessian_tol": POSITIVE,
-    "analysis.trace_samples": Range(2, integer=True),
-    "analysis.adaptive_rtol": POSITIVE,
-    "analysis.adaptive_atol": POSITIVE,
-    "analysis.points": COUNT,
-}
-EVAL_RANGES: dict[str, Range] = {
-    "steps": Range(1, integer=True, optional=True),
-    "step_factor": Range(0, low_open=True, optional=True),
-    "rtol": Range(0, low_open=True, optional=True),
-    "atol": Range(0, low_open=True, optional=True),
-}
-
-
-def _get(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def check_range(key: str, value: Any, rule: Range) -> None:
-    if not rule.ok(value):
-        raise ConfigError(f"{key} must be {rule.describe()}, got {value!r}")
 
 
 def validate(cfg: Config) -> None:
@@ -147,8 +32,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"unknown config key {extra[0]}: not in the schema (odenet.runner.config.Config); "
                               "check its spelling (python -m odenet.run --cfg job shows every key)")
 
-    for key, rule in RANGES.items():
-        check_range(key, _get(cfg, key), rule)
+    check_ranges(cfg)
     check_choice("data.name", cfg.data.name, list(DATASETS))
     check_choice("data.augment", cfg.data.augment, AUGMENTATIONS)
     check_choice("field.kind", cfg.field.kind, list(FIELDS))
@@ -170,12 +54,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"objective[{i}]={name} needs a validation split: set data.validation (e.g. 0.2)")
     if cfg.device != "auto":
         _check_device(cfg.device)
-    for i, m in enumerate(cfg.optimizer.milestones):
-        check_range(f"optimizer.milestones[{i}]", m, Range(0, 1, low_open=True, high_open=True))
     for i, ev in enumerate(cfg.evaluation.solvers):
         check_choice(f"evaluation.solvers[{i}].name", ev.name, sorted(set(SCHEMES) | set(ADAPTIVE_SOLVERS)))
-        for key, rule in EVAL_RANGES.items():
-            check_range(f"evaluation.solvers[{i}].{key}", getattr(ev, key), rule)
     if (cfg.trainer.iterations is None) == (cfg.trainer.epochs is None):
         raise ConfigError("give exactly one of trainer.iterations and trainer.epochs (set the other to null)")
     _check_model(cfg)

@@ -8,6 +8,7 @@ torchdiffeq ODE block, and swapped between them without retraining.
 from .blocks import Block, NonFiniteStateError, ODEBlock, ResidualStack, SolverError, make_block, raised_by_field
 from .fields import Augment, ConvField, DepthIndexedField, LinearField, MLPField, augment
 from .integrator import Integrator
+from .models import with_solver
 from .regularization import RegularizedDynamics
 from .solvers import SCHEMES, ButcherTableau, register_scheme
 
@@ -30,5 +31,6 @@ __all__ = [
     "make_block",
     "raised_by_field",
     "register_scheme",
+    "with_solver",
 ]
 __version__ = "0.1.0"

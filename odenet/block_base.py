@@ -23,15 +23,19 @@ from .integrator import Integrator
 from .regularization import RegularizedDynamics, check_regularizers
 from .solvers import ADAPTIVE_SOLVERS, SCHEMES, TORCHDIFFEQ_FIXED
 
-__all__ = ["BLOCK_CLASSES", "Block", "NonFiniteStateError", "SolverError", "make_block", "raised_by_field"]
+__all__ = ["BLOCK_CLASSES", "Block", "NonFiniteStateError", "SolverError", "State", "make_block", "raised_by_field"]
 
 #: A vector field as the solvers call it.
 FieldFn = Callable[[Tensor, Tensor], Tensor]
 
 #: Options only an ``ODEBlock`` (torchdiffeq) takes: any of them sends a fixed scheme to an ``ODEBlock``.
 ODE_ONLY_OPTIONS = frozenset(
-    {"rtol", "atol", "adjoint", "step_size", "max_steps", "min_step", "max_step", "penalty_error_control"}
+    {"rtol", "atol", "adjoint", "step_size", "max_steps", "min_step", "max_step", "penalty_error_control",
+     "options", "adjoint_params", "adjoint_rtol", "adjoint_atol", "adjoint_method", "adjoint_options"}
 )
+
+#: A block's state: a tensor, or a tuple of tensors (as torchdiffeq's ``odeint`` takes).
+State = Tensor | tuple[Tensor, ...]
 
 
 class SolverError(RuntimeError):
@@ -74,6 +78,18 @@ def check_field(field: Any, T: float) -> None:
 
 
 def check_T(T: Any) -> float:
+    """The horizon as a positive float. A one-element real tensor is read as its value (``T`` is kept as a
+    float, not a tensor: a ``T`` that requires grad is refused, since its gradient would be lost)."""
+    if isinstance(T, Tensor):
+        if T.numel() != 1 or T.dtype == torch.bool or T.is_complex():
+            raise ArgumentTypeError(f"T must be a number or a one-element real tensor, got a {T.dtype} tensor "
+                                    f"of shape {tuple(T.shape)}")
+        if T.requires_grad:
+            raise ValueError(
+                "T must not require grad: a block keeps its horizon as a float, so the gradient would be lost; "
+                "for gradients with respect to time, give ODEBlock.trajectory a times tensor that requires grad"
+            )
+        T = T.item()
     return check_number("T", T, low=0.0, low_open=True)
 
 
@@ -91,29 +107,77 @@ def _functorch_wrapped(x: Tensor) -> bool:
     return bool(check(x)) if check is not None else False
 
 
-def check_state(x: Any) -> None:
-    """The initial state is a tensor with finite entries (one ``isfinite().all()``).
-
-    Skipped where values cannot be read: under ``torch.func`` transforms (``vmap``, ``grad``) and while
-    ``torch.compile`` traces.
-    """
+def _check_tensor_state(x: Any, name: str) -> None:
     if not isinstance(x, Tensor):
-        raise TypeError(f"x (the initial state) must be a tensor, got {type(x).__name__}")
+        raise TypeError(f"{name} (the initial state) must be a tensor or a tuple of tensors, got {type(x).__name__}")
     if torch.compiler.is_compiling() or _functorch_wrapped(x):
         return
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise NonFiniteStateError(
-            f"the initial state x is not finite ({bad} NaN or infinite entries of {x.numel()}): "
+            f"the initial state {name} is not finite ({bad} NaN or infinite entries of {x.numel()}): "
             "check the input and the layers before the block"
         )
 
 
-def shape_error(out: Tensor, x: Tensor) -> ValueError:
+def check_state(x: Any) -> None:
+    """The initial state is a tensor, or a non-empty tuple of tensors of one dtype and device, with finite
+    entries (one ``isfinite().all()`` per tensor).
+
+    Skipped where values cannot be read: under ``torch.func`` transforms (``vmap``, ``grad``) and while
+    ``torch.compile`` traces.
+    """
+    if not isinstance(x, tuple):
+        _check_tensor_state(x, "x")
+        return
+    if not x:
+        raise ValueError("x (the initial state) is an empty tuple: a tuple state holds one tensor or more")
+    for i, xi in enumerate(x):
+        _check_tensor_state(xi, f"x[{i}]")
+    if len({(xi.dtype, xi.device) for xi in x}) > 1:
+        raise ValueError(
+            "the tensors of a tuple state must share one dtype and device, got "
+            f"{[(str(xi.dtype), str(xi.device)) for xi in x]}"
+        )
+
+
+def shape_error(out: Tensor, x: Tensor, name: str = "x") -> ValueError:
     return ValueError(
-        f"the field returned shape {tuple(out.shape)} for a state of shape {tuple(x.shape)}; "
-        "a vector field must return dx/dt shaped like x"
+        f"the field returned shape {tuple(out.shape)} for a state {name} of shape {tuple(x.shape)}; "
+        f"a vector field must return dx/dt shaped like {name}"
     )
+
+
+def check_output(out: Any, x: State) -> None:
+    """The field's output ``out`` is shaped like the state ``x`` (per tensor for a tuple state)."""
+    if not isinstance(x, tuple):
+        if out.shape != x.shape:
+            raise shape_error(out, x)
+        return
+    if not isinstance(out, (tuple, list)) or len(out) != len(x):
+        got = f"a {type(out).__name__}" + (f" of {len(out)}" if isinstance(out, (tuple, list)) else "")
+        raise ValueError(
+            f"the field returned {got} for a tuple state of {len(x)} tensors; a vector field of a tuple "
+            "state must return a tuple of as many tensors, each shaped like its part of the state"
+        )
+    for i, (o, xi) in enumerate(zip(out, x)):
+        if not isinstance(o, Tensor):
+            raise TypeError(f"the field returned a {type(o).__name__} for the state x[{i}]; it must be a tensor")
+        if o.shape != xi.shape:
+            raise shape_error(o, xi, f"x[{i}]")
+
+
+def numel(x: State) -> int:
+    """Entries of a state (of every tensor of a tuple state)."""
+    return sum(xi.numel() for xi in x) if isinstance(x, tuple) else x.numel()
+
+
+def state_dtype(x: State) -> torch.dtype:
+    return (x[0] if isinstance(x, tuple) else x).dtype
+
+
+def state_device(x: State) -> torch.device:
+    return (x[0] if isinstance(x, tuple) else x).device
 
 
 class ShapeChecked:
@@ -132,6 +196,38 @@ class ShapeChecked:
         if out.shape != x.shape:
             raise shape_error(out, x)
         return out
+
+
+class FlatTupleField:
+    """A field of a tuple state as one on the flat concatenation of its tensors (the state's entries in order),
+    what a ResidualStack steps; checks the output's shapes and marks the field's own exceptions."""
+
+    def __init__(self, field: FieldFn, x: tuple[Tensor, ...]) -> None:
+        self.field = field
+        self.shapes = [xi.shape for xi in x]
+
+    def flatten(self, x: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
+        return torch.cat([xi.reshape(-1) for xi in x])
+
+    def unflatten(self, flat: Tensor) -> tuple[Tensor, ...]:
+        """The tuple state of a flat state, or of flat states stacked along a leading dimension."""
+        lead = flat.shape[:-1]
+        out, start = [], 0
+        for shape in self.shapes:
+            n = shape.numel()
+            out.append(flat[..., start:start + n].reshape(*lead, *shape))
+            start += n
+        return tuple(out)
+
+    def __call__(self, t: Tensor, flat: Tensor) -> Tensor:
+        x = self.unflatten(flat)
+        try:
+            out = self.field(t, x)  # type: ignore[arg-type]
+        except Exception as err:
+            mark_field_error(err)
+            raise
+        check_output(out, x)
+        return self.flatten(out)
 
 
 def wants_stack(solver: str, options: dict[str, Any]) -> bool:
@@ -203,16 +299,22 @@ class Block(nn.Module, ABC):
 
         A fixed scheme name (``euler``, ``midpoint``, ``heun``, ``rk4``, ...) with ``steps=N``
         gives a ``ResidualStack``; an adaptive name (``dopri5``, ...), or any torchdiffeq method
-        with ``step_size=h``, gives an ``ODEBlock``.
+        with ``step_size=h``, gives an ``ODEBlock``. The new block has this block's training mode.
         """
 
     @abstractmethod
-    def forward(self, x: Tensor) -> Tensor:
-        """The state at ``T`` from the initial state ``x``."""
+    def forward(self, x: State) -> State:
+        """The state at ``T`` from the initial state ``x`` (a tensor, or a tuple of tensors)."""
 
     @abstractmethod
-    def trajectory(self, x: Tensor) -> Tensor:
-        """Every state of the solve, stacked along a new leading dimension."""
+    def trajectory(self, x: State, times: Any = None) -> State:
+        """States of the solve from ``x``, stacked along a new leading dimension (per tensor of a tuple state);
+        ``times``: the times wanted, ``x`` being the state at ``times[0]``."""
+
+    def _same_mode(self, block: Block) -> Block:
+        """``block`` (made by ``with_solver``) in this block's training mode; its field is left as it is."""
+        block.training = self.training
+        return block
 
 
 #: The concrete blocks ``make_block`` builds, registered by their modules (``stack``: ``ResidualStack``,

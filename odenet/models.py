@@ -9,6 +9,7 @@ model: only the block's integrator differs, so they have the same parameters.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -72,8 +73,78 @@ class Classifier(nn.Module):
             return self.head(z).float()
 
     def with_solver(self, solver: str, **options: Any) -> Classifier:
-        """The same classifier (same stem, field and head objects) integrated with ``solver``."""
-        return Classifier(self.stem, self.block.with_solver(solver, **options), self.head, self.amp_dtype)
+        """The same classifier (same stem, field and head objects, ``amp_dtype`` and training mode) integrated
+        with ``solver`` (see :func:`with_solver` for any model)."""
+        out = Classifier(self.stem, self.block.with_solver(solver, **options), self.head, self.amp_dtype)
+        out.training = self.training  # the stem and head are shared: their modes stay as they are
+        return out
+
+
+def _blocks_in(model: nn.Module) -> dict[int, list[str]]:
+    """Every distinct ``Block`` among ``model``'s submodules (``model`` itself included): id -> its paths."""
+    found: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, Block):
+            found.setdefault(id(module), []).append(name)
+    return found
+
+
+def _outermost(paths: dict[int, list[str]]) -> dict[int, list[str]]:
+    """The blocks not inside another block (a field may hold blocks of its own: they go with their field)."""
+    every = [p for ps in paths.values() for p in ps]
+    inner = {i for i, ps in paths.items() for p in ps for q in every
+             if q != p and (q == "" or p.startswith(q + "."))}
+    return {i: ps for i, ps in paths.items() if i not in inner}
+
+
+def with_solver(model: nn.Module, solver: str, **options: Any) -> nn.Module:
+    """``model`` with its one odenet block re-made by ``block.with_solver(solver, **options)``: a shallow copy
+    that shares every module and tensor but the new block (the same field object; no parameter is copied).
+
+    The block may sit anywhere among the submodules (``model.encoder.ode``, a ``Sequential``'s entry, or the
+    model itself, which is then simply ``model.with_solver``); the modules on the way to it are shallow-copied
+    so that ``model`` keeps its block. A model with no block, or with more than one (blocks inside a block's
+    field go with that block), is refused naming them. The new block has the old one's training mode.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    found = _outermost(_blocks_in(model))
+    if not found:
+        raise ValueError(
+            f"{type(model).__name__} holds no odenet block (ResidualStack, ODEBlock): nothing to re-integrate"
+        )
+    if len(found) > 1:
+        names = sorted(p or "<the model>" for ps in found.values() for p in ps)
+        raise ValueError(f"{type(model).__name__} holds {len(found)} odenet blocks ({', '.join(names)}): "
+                         "with_solver(model, ...) needs exactly one; call with_solver on each block instead")
+    paths = next(iter(found.values()))
+    old = model.get_submodule(paths[0])
+    assert isinstance(old, Block)
+    new = old.with_solver(solver, **options)
+    if paths == [""]:
+        return new
+    copies: dict[int, nn.Module] = {}  # id of a module on the way -> its shallow copy
+
+    def copied(path: str) -> nn.Module:
+        """The shallow copy of the module at ``path`` (its own dicts of children, parameters and buffers),
+        linked into its parent's copy."""
+        original = model.get_submodule(path)
+        if id(original) not in copies:
+            module = copy.copy(original)
+            module._modules = dict(module._modules)
+            module._parameters = dict(module._parameters)
+            module._buffers = dict(module._buffers)
+            copies[id(original)] = module
+        module = copies[id(original)]
+        if path:
+            parent, _, name = path.rpartition(".")
+            copied(parent)._modules[name] = module
+        return module
+
+    for path in paths:  # one block may be held under several names
+        parent, _, name = path.rpartition(".")
+        copied(parent)._modules[name] = new
+    return copies[id(model)]
 
 
 def group_norm(channels: int, groups: int = NORM_GROUPS) -> nn.GroupNorm:

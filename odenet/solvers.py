@@ -24,8 +24,10 @@ Field = Callable[[Tensor, Tensor], Tensor]
 ADAPTIVE_SOLVERS: tuple[str, ...] = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 # torchdiffeq's own fixed-grid methods, usable in an ODEBlock with ``step_size``.
 TORCHDIFFEQ_FIXED: tuple[str, ...] = (
-    "euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams",
+    "euler", "midpoint", "heun2", "heun3", "rk4", "rk4_38", "explicit_adams", "implicit_adams",
 )
+# ``rk4`` is the classical Runge–Kutta method in a ResidualStack and on torchdiffeq's grid alike (torchdiffeq's
+# own ``rk4`` is Kutta's 3/8 rule: odenet calls it ``rk4_38``, here and as a tableau; see ``odenet._torchdiffeq``).
 
 
 #: Tolerance of the consistency (``sum b = 1``) and row-sum (``c_i = sum_j a_ij``) conditions of a tableau.
@@ -141,6 +143,16 @@ register_scheme(
         a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
         b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
         c=(0.0, 0.5, 0.5, 1.0),
+    )
+)
+# Kutta's 3/8 rule: torchdiffeq's ``rk4`` (``rk4_alt_step_func``), the same method in a ResidualStack.
+register_scheme(
+    ButcherTableau(
+        "rk4_38",
+        4,
+        a=((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)),
+        b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
+        c=(0.0, 1 / 3, 2 / 3, 1.0),
     )
 )
 

@@ -73,6 +73,23 @@ class ReportCallback(Callback):
             log.exception("report: writing the report for %s failed", sweep_dir)
             return
         log.info("report: wrote %s", ", ".join(str(p) for p in paths))
+        if config.get("logger") == "tensorboard":
+            log_figures(sweep_dir / "tensorboard", [p for p in paths if p.suffix == ".png"])
+
+
+def log_figures(folder: Path, pngs: Sequence[Path]) -> None:
+    """The report's figures as images in TensorBoard (``logger=tensorboard``), next to the runs' scalars."""
+    import numpy as np
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(folder))
+    try:
+        for png in pngs:
+            image = np.asarray(Image.open(png).convert("RGB"))
+            writer.add_image(f"report/{png.stem}", image, dataformats="HWC")
+    finally:
+        writer.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

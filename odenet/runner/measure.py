@@ -68,8 +68,7 @@ def _no_adjoint(model: Classifier) -> Classifier:
     """The model with an adjoint ODE block replaced by the direct one (same field): HVPs need double backward."""
     block = model.block
     if isinstance(block, ODEBlock) and block.adjoint:
-        options = {k: v for k, v in block.options.items() if k != "solver"}
-        return model.with_solver(block.solver, **{**options, "adjoint": False})
+        return model.with_solver(block.solver, adjoint=False)  # with_solver carries the other options over
     return model
 
 

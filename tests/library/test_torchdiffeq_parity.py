@@ -537,3 +537,24 @@ def test_event_failures_and_checks():
         ODEBlock(Falling()).solve_event(x, "height")
     with pytest.raises(ValueError, match="non-empty"):
         ODEBlock(Falling()).solve_event(x[:0], height)
+
+
+# --- the README ------------------------------------------------------------------------------------
+
+
+def test_readme_torchdiffeq_example_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("### For torchdiffeq users", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    w = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    namespace = {
+        "torch": torch, "odenet": odenet, "field": External(w), "w": w, "x": torch.randn(4, 2, dtype=F64),
+        "oscillator": Oscillator(), "p0": _tuple_state()[0], "v0": _tuple_state()[1],
+    }
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert namespace["states"].shape == (11, 4, 2) and namespace["p"].shape == (4, 3)
+    namespace["states"].sum().backward()
+    assert w.grad is not None and namespace["t_hit"].ndim == 0

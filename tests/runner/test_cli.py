@@ -106,3 +106,16 @@ def test_the_default_run_learns_on_every_seed(tmp_path):
         accuracy = metrics["evaluations"][0]["accuracy"]
         assert accuracy > metrics["baseline_accuracy"] + 0.5, (seed, accuracy)
     json.dumps(metrics)
+
+
+def test_tensorboard_sweep_gets_the_report_figures(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sweep = tmp_path / "sweep"
+    proc = odenet("-m", *SMOKE, "data=sphere2", "logger=tensorboard", "solver.steps=2,4", f"hydra.sweep.dir={sweep}",
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    images = EventAccumulator(str(sweep / "tensorboard")).Reload().Tags()["images"]
+    pngs = {p.stem for p in sweep.glob("*.png")}
+    assert pngs and {f"report/{name}" for name in pngs} == set(images)

@@ -1,9 +1,10 @@
 """Reports: the only layer that imports matplotlib.
 
-Shared pieces — collecting rows and run folders (:mod:`.collect`), statistics (:mod:`.stats`), markdown
-(:mod:`.markdown`), figures (:mod:`.figures`), the section and plot registries (:mod:`.registry`), shared views of
-run folders (:mod:`.runs`), writing (:mod:`.write`) and the command line (:mod:`.cli`) — and one module per
-experiment, named after it, each registering its sections and plots when imported here. The import order below
+Shared pieces — collecting rows and run folders (:mod:`.collect`), statistics (:mod:`.stats`), models at chance
+and the conclusions withheld from them (:mod:`.chance`), markdown (:mod:`.markdown`), figures (:mod:`.figures`),
+the section and plot registries (:mod:`.registry`), shared views of run folders (:mod:`.runs`), writing
+(:mod:`.write`) and the command line (:mod:`.cli`) — and one module per experiment, named after it, each
+registering its sections and plots when imported here. The import order below
 is the order of the sections in ``report.md`` and of the plots after the built-in ones.
 """
 
@@ -23,20 +24,23 @@ from . import convergence_test
 from . import step_adaptation
 # isort: on
 from .cli import ReportCallback, main
-from .collect import BASE_COLUMNS, ReportContext, ReportError, collect
+from .collect import BASE_COLUMNS, CHANCE_MARGIN, ReportContext, ReportError, beats_baseline, collect
 from .figures import MAX_PNG_BYTES, save_figure
-from .registry import register_dir_plot, register_plot, register_section
+from .registry import Section, register_dir_plot, register_plot, register_section
 from .stats import Stats, mean_std, stats
 from .write import write_report
 
 __all__ = [
     "BASE_COLUMNS",
+    "CHANCE_MARGIN",
     "MAX_PNG_BYTES",
     "ReportCallback",
     "ReportContext",
     "ReportError",
+    "Section",
     "Stats",
     "augmentation",
+    "beats_baseline",
     "collect",
     "convergence_test",
     "degradation",

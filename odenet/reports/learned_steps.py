@@ -211,13 +211,18 @@ def learned_steps_section(ctx: ReportContext) -> list[str] | None:
             nfe = mean_std([a["nfe"] for a in adaptive], "{:.0f}")
             acc_steps = mean_std([a["steps_accepted"] for a in adaptive], "{:.1f}")
             rej_steps = mean_std([a["steps_rejected"] for a in adaptive], "{:.1f}")
+            bases = [r["baseline"] for r in rs]
+
+            def acc(values: list[float | None], bases: list[Any] = bases) -> str:
+                return mark_cell(mean_std(values, ACC), value_at_chance(values, bases))
+
             acc_body.append([
                 data, label, str(len(rs)),
-                mark_cell(mean_std(own_acc, ACC), value_at_chance(own_acc, [r["baseline"] for r in rs])),
-                mean_std([_uniform_accuracy(r, n) for r in rs], ACC) if n else "–",
-                mean_std([_accuracy(r, "euler", 4 * n) for r in rs], ACC) if n else "–",
-                mean_std([_accuracy(r, "rk4", n) for r in rs], ACC) if n else "–",
-                mean_std([_accuracy(r, "dopri5") for r in rs], ACC),
+                acc(own_acc),
+                acc([_uniform_accuracy(r, n) for r in rs]) if n else "–",
+                acc([_accuracy(r, "euler", 4 * n) for r in rs]) if n else "–",
+                acc([_accuracy(r, "rk4", n) for r in rs]) if n else "–",
+                acc([_accuracy(r, "dopri5") for r in rs]),
                 f"{nfe} ({acc_steps} / {rej_steps})",
             ])
             own = [_own_h(r) for r in rs]

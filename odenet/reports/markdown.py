@@ -242,6 +242,7 @@ def best_model(ctx: ReportContext) -> str | None:
     base = stats(r.get("baseline_accuracy") for r in rs)
     text = f"{fmt_stats(s)}" + (f" {MARK}" if cell_at_chance(rs) else "")
     baseline = f"; majority-class baseline {base.mean:.4f}" if base is not None else ""
+    baseline += "; smoke" if all(r.get("smoke") for r in rs) else ""
     return (f"Best model (accuracy under its training solver): {model_label(pick, settings)}, {text} "
             f"({seeds}{baseline}).")
 
@@ -254,7 +255,8 @@ def summary_lines(ctx: ReportContext, sections: Sequence[Sequence[str]] = ()) ->
     n_ok = sum(1 for v in statuses.values() if v == "ok")
     chance = ctx.at_chance(dirs)
     smoke = [d for d in dirs if ctx.smoke(d)]
-    counts = f"{len(dirs)} runs: {n_ok} ok, {len(dirs) - n_ok} failed, {len(chance)} at chance"
+    runs = f"{len(dirs)} run{'s' if len(dirs) != 1 else ''}"
+    counts = f"{runs}: {n_ok} ok, {len(dirs) - n_ok} failed, {len(chance)} at chance"
     counts += f" {MARK}" if chance else ""
     counts += f", {len(smoke)} smoke"
     if ctx.incomplete:

@@ -70,6 +70,15 @@ def _grid(lim: float, resolution: int) -> tuple[np.ndarray, np.ndarray, Tensor]:
     return gx, gy, pts
 
 
+def _predict_both(model: Classifier, grid: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Predictions on the grid and on the test points: one solve of both for a fixed-step stack (each point's
+    prediction is its own), two apart otherwise (an adaptive solver's steps depend on the whole batch)."""
+    if isinstance(model.block, ResidualStack):
+        both = predict(model, torch.cat([grid, x]))
+        return both[: len(grid)], both[len(grid) :]
+    return predict(model, grid), predict(model, x)
+
+
 def _fine_model(model: Classifier, steps: int) -> tuple[Classifier, str]:
     return model.with_solver("rk4", steps=steps), f"rk4, {steps} steps"
 
@@ -116,8 +125,9 @@ def plane_figure(
         fine, fine_label = _fine_model(model, max(fine_steps, 4 * (steps or 0)))
         for ax, m, how in ((row[0], model, own), (row[1], fine, fine_label)):
             try:
-                pred = predict(m, grid).reshape(gx.shape).numpy()
-                acc = float((predict(m, x) == y).float().mean())
+                pred, pred_x = _predict_both(m, grid, x)
+                pred = pred.reshape(gx.shape).numpy()
+                acc = float((pred_x == y).float().mean())
                 ax.pcolormesh(gx, gy, np.searchsorted(classes, pred), cmap=region_cmap, shading="auto",
                               vmin=-0.5, vmax=len(classes) - 0.5, rasterized=True)  # fmt: skip
                 subtitle = f"test accuracy {100 * acc:.1f}%"

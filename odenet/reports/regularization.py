@@ -157,7 +157,9 @@ def dynamics_section(ctx: ReportContext) -> list[str] | None:
             cells.append(mean_std(reached, "{:.0f}") + (f" ({reached.count(None)} never)" if None in reached else ""))
             if tight:
                 evs = [_tight_eval(r) or {} for r in rs]
-                cells += [mean_std([e.get("accuracy") for e in evs]), mean_std([e.get("nfe") for e in evs], "{:.0f}")]
+                tight_acc = [e.get("accuracy") for e in evs]
+                cells += [mark_cell(mean_std(tight_acc), value_at_chance(tight_acc, [r.baseline for r in rs])),
+                          mean_std([e.get("nfe") for e in evs], "{:.0f}")]
             for p in penalties:
                 means = [history_means(r.history, p) for r in rs]
                 cells.append(mean_std([m[1] if m else None for m in means], "{:.3g}"))

@@ -145,7 +145,8 @@ def configured_runs(ctx: ReportContext) -> list[Run]:
 
 
 def model_label(cfg: DictConfig) -> str:
-    """``NODE (dopri5)``, ``ANODE +1 (dopri5, adjoint)``, ``ResNet N=32 (h=1/32)``, plus the penalty weights."""
+    """``NODE (dopri5)``, ``ANODE +1 (dopri5, adjoint)``, ``ResNet N=32 (h=1/32)``, ``ResNet (dopri5, adaptive)``,
+    plus the penalty weights."""
     kind, s, aug = cfg.block.kind, cfg.solver, int(cfg.model.augment_dim)
     if kind == "ode":
         name = f"ANODE +{aug}" if aug else "NODE"
@@ -153,9 +154,12 @@ def model_label(cfg: DictConfig) -> str:
         label = f"{name} ({how}{', adjoint' if s.adjoint else ''})"
     else:
         name = {"residual": "ResNet", "plain": "plain net", "learned_steps": "ResNet, learned h"}.get(kind, kind)
-        h = fmt_h(cfg.block.T / s.steps) if s.steps else "?"
-        scheme = "" if s.name == "euler" else f"{s.name}, "
-        label = f"{name} N={s.steps} ({scheme}h={h})" + (f" +{aug}" if aug else "")
+        if Integrator(s.name).adaptive:  # trained through an error-controlled solver: no N, no h
+            label = f"{name} ({s.name}, adaptive)" + (f" +{aug}" if aug else "")
+        else:
+            h = fmt_h(cfg.block.T / s.steps) if s.steps else "?"
+            scheme = "" if s.name == "euler" else f"{s.name}, "
+            label = f"{name} N={s.steps} ({scheme}h={h})" + (f" +{aug}" if aug else "")
     r = cfg.regularization
     weights = [f"{name} {w:g}" for name, w in (("kinetic", r.kinetic), ("jacobian", r.jacobian)) if w > 0]
     return label + (f", {', '.join(weights)}" if weights else "")

@@ -127,7 +127,8 @@ def smoke_sweep(tmp_path_factory):
             sweep = tmp_path_factory.mktemp(name) / "sweep"
             proc = subprocess.run(
                 [sys.executable, "-m", "odenet.run", f"+experiment={name}", "+debug=smoke", "trainer.progress=false",
-                 "seed=0", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"],
+                 "seed=0", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}",
+                 "hydra.callbacks.report.plots=always"],
                 cwd=sweep.parent, capture_output=True, text=True, timeout=300,
                 env={**os.environ, "OMP_NUM_THREADS": "1"},
             )

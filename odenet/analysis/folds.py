@@ -31,16 +31,16 @@ def step_jacobian_determinants(block: ResidualStack, x: Tensor) -> Tensor:
         hs = block.step_sizes.detach().to(dtype=x.dtype, device=x.device)
     times = stage_times(tableau, torch.cumsum(hs, 0) - hs, hs)
     dets = []
+    d = x.shape[1]
     for k in range(block.steps):
-        t_k, h_k = list(times[k].unbind()), hs[k]
-
-        def step(z: Tensor, t_k: list[Tensor] = t_k, h_k: Tensor = h_k) -> Tensor:
-            if not block.shortcut:
-                return field(t_k[0], z[None])[0]
-            return rk_step(field, t_k, z[None], h_k, tableau)[0]
-
-        jac = torch.func.vmap(torch.func.jacrev(step))(states[k].detach())
-        dets.append(torch.linalg.det(jac).detach())
+        t_k = list(times[k].unbind())
+        with torch.enable_grad():
+            z = states[k].detach().requires_grad_(True)
+            out = field(t_k[0], z) if not block.shortcut else rk_step(field, t_k, z, hs[k], tableau)
+            # the step map acts on each state alone, so row i of every state's Jacobian is the gradient of the
+            # batch sum of output i: d backward passes for the whole batch
+            rows = [torch.autograd.grad(out[:, i].sum(), z, retain_graph=i < d - 1)[0] for i in range(d)]
+        dets.append(torch.linalg.det(torch.stack(rows, dim=1)).detach())
     return torch.stack(dets)
 
 

@@ -31,7 +31,12 @@ class ReportCallback(Callback):
     says failed, or its folder has none.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, plots: str = "auto") -> None:
+        """``plots``: auto (draw the figures unless every run is a smoke run), always or never
+        (``hydra.callbacks.report.plots=always``)."""
+        if plots not in ("auto", "always", "never"):
+            raise ValueError(f"hydra.callbacks.report.plots must be auto, always or never, got {plots!r}")
+        self.plots: bool | None = {"auto": None, "always": True, "never": False}[plots]
         self._pending: DictConfig | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -54,15 +59,14 @@ class ReportCallback(Callback):
         atexit.unregister(self._after_failed_sweep)
         self._write(config)
 
-    @staticmethod
-    def _write(config: DictConfig) -> None:
+    def _write(self, config: DictConfig) -> None:
         try:
             sweep_dir = Path(str(config.hydra.sweep.dir))
         except Exception as err:
             log.warning("report: cannot resolve hydra.sweep.dir (%s); no report written", err)
             return
         try:
-            paths = write_report(sweep_dir)
+            paths = write_report(sweep_dir, plots=self.plots)
         except ReportError as err:
             log.warning("report: %s; no report written", err)
             return
@@ -106,10 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="a fixed-step sweep to compare step-size adaptation with: its summary.csv, or the folder holding it",
     )
+    parser.add_argument("--plots", action="store_true",
+                        help="draw the figures even when every run is a smoke run (skipped by default there)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
-        paths = write_report(args.dir, args.out, grid=args.grid)
+        paths = write_report(args.dir, args.out, grid=args.grid, plots=True if args.plots else None)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -21,13 +21,17 @@ def write_csv(rows: Sequence[Row], path: str | Path) -> Path:
     return atomic_csv(Path(path), rows, columns(rows))
 
 
-def write_report(dir: str | Path, out_dir: str | Path | None = None, grid: str | Path | None = None) -> list[Path]:
+def write_report(dir: str | Path, out_dir: str | Path | None = None, grid: str | Path | None = None,
+                 plots: bool | None = None) -> list[Path]:
     """Write ``summary.csv``, ``report.md`` and the registered plots for the runs under ``dir``.
 
     Files go to ``out_dir`` (default: ``dir``). ``grid``: a fixed-step sweep to compare with (its
     ``summary.csv`` or the folder holding it; the step-size adaptation section uses it). Plots whose data is
     absent are skipped (and a stale file of that name removed). Returns the paths written: CSV, markdown, then
     PNGs. Raises :class:`ReportError` if ``dir`` is missing or holds no readable ``metrics.json``.
+
+    ``plots``: draw the figures (None: unless every run is a smoke run, whose numbers mean nothing — drawing
+    would cost most of a smoke sweep's time).
     """
     ctx = ReportContext.load(dir, grid=grid)
     if not ctx.rows:
@@ -35,10 +39,12 @@ def write_report(dir: str | Path, out_dir: str | Path | None = None, grid: str |
     out = Path(out_dir) if out_dir is not None else ctx.root
     out.mkdir(parents=True, exist_ok=True)
     csv_path = write_csv(ctx.rows, out / SUMMARY)
+    if plots is None:
+        plots = not all(ctx.smoke(d) for d, _ in ctx.run_dirs())
     pngs = []
     for name, fn in registry.PLOTS.items():
         path = out / name
-        fig = registry.guarded(f"plot {name}", fn, ctx)
+        fig = registry.guarded(f"plot {name}", fn, ctx) if plots else None
         if fig is None:
             if path.exists():
                 path.unlink()
@@ -47,5 +53,8 @@ def write_report(dir: str | Path, out_dir: str | Path | None = None, grid: str |
         pngs.append(save_figure(fig, path))
     md_path = out / REPORT
     text = render_markdown(ctx, [csv_path, *pngs], out, registry.sections(ctx))
+    if not plots:
+        text += (f"\nFigures not drawn (smoke runs): `python -m odenet.report {ctx.root.resolve()} --plots` "
+                 "draws them.\n")
     atomic_write(md_path, lambda f: f.write(text))
     return [csv_path, md_path, *pngs]

@@ -57,7 +57,7 @@ def test_step_adaptation_smoke_sweep(tmp_path, smoke_sweep):
     assert "### Against the grid search" not in text and (sweep / "step_adaptation.png").is_file()
 
     out = tmp_path / "report"
-    assert main([str(sweep), "--grid", str(grid), "--out", str(out)]) == 0
+    assert main([str(sweep), "--grid", str(grid), "--out", str(out), "--plots"]) == 0
     text = (out / "report.md").read_text()
     assert re.search(ADAPTED_ROW, text) and "mean train NFE" in text
     assert "### Against the grid search (euler trained at fixed N)" in text

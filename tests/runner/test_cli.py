@@ -114,6 +114,7 @@ def test_tensorboard_sweep_gets_the_report_figures(tmp_path):
 
     sweep = tmp_path / "sweep"
     proc = odenet("-m", *SMOKE, "data=sphere2", "logger=tensorboard", "solver.steps=2,4", f"hydra.sweep.dir={sweep}",
+                  "hydra.callbacks.report.plots=always",
                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     images = EventAccumulator(str(sweep / "tensorboard")).Reload().Tags()["images"]

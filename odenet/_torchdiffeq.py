@@ -28,7 +28,7 @@ from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 from torchdiffeq._impl.rk_common import rk4_step_func
 
 from ._args import ArgumentTypeError, check_flag, check_int, check_number
-from .block_base import FieldFn, State, check_output, mark_field_error
+from .block_base import FieldFn, State, call_field
 from .solvers import ADAPTIVE_SOLVERS, TORCHDIFFEQ_FIXED
 
 __all__ = [
@@ -191,12 +191,7 @@ class CountingField:
         self.in_backward = False
 
     def __call__(self, t: Tensor, x: State) -> State:
-        try:
-            out = self.field(t, x)  # type: ignore[arg-type]
-        except Exception as err:
-            mark_field_error(err)
-            raise
-        check_output(out, x)
+        out = call_field(self.field, t, x)
         if self.in_backward:
             self.backward_calls += 1
         else:

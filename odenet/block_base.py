@@ -148,6 +148,17 @@ def shape_error(out: Tensor, x: Tensor, name: str = "x") -> ValueError:
     )
 
 
+def call_field(field: Any, t: Tensor, x: Any) -> Any:
+    """``field(t, x)``, its own exceptions marked (``raised_by_field``) and its output's shape checked."""
+    try:
+        out = field(t, x)
+    except Exception as err:
+        mark_field_error(err)
+        raise
+    check_output(out, x)
+    return out
+
+
 def check_output(out: Any, x: State) -> None:
     """The field's output ``out`` is shaped like the state ``x`` (per tensor for a tuple state)."""
     if not isinstance(x, tuple):
@@ -220,14 +231,7 @@ class FlatTupleField:
         return tuple(out)
 
     def __call__(self, t: Tensor, flat: Tensor) -> Tensor:
-        x = self.unflatten(flat)
-        try:
-            out = self.field(t, x)  # type: ignore[arg-type]
-        except Exception as err:
-            mark_field_error(err)
-            raise
-        check_output(out, x)
-        return self.flatten(out)
+        return self.flatten(call_field(self.field, t, self.unflatten(flat)))
 
 
 def wants_stack(solver: str, options: dict[str, Any]) -> bool:

@@ -1,7 +1,8 @@
-"""The Hydra entry point: ``python -m odenet.run +experiment=NAME [overrides]``.
+"""The Hydra entry point: ``python -m odenet.run +experiment=NAME [overrides]`` (the console script ``odenet``).
 
 Trains and evaluates one model per job into Hydra's output dir; a multirun (``-m``) sweeps, and
-``odenet.report.ReportCallback`` writes ``summary.csv``, ``report.md`` and plots at its end.
+``odenet.reports.ReportCallback`` writes ``summary.csv``, ``report.md`` and plots at its end. A config error is
+one line and exit status 2, found by :func:`odenet.runner.config.precheck` before a job starts.
 """
 
 from __future__ import annotations

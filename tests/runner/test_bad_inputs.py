@@ -176,3 +176,11 @@ def test_cli_config_error_is_one_line_with_status_2(tmp_path, args, key):
     assert len(lines) == 1 and lines[0].startswith("error:") and key in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_the_precheck_needs_no_torch():
+    code = ("import sys; from odenet.runner.config import precheck; "
+            "assert precheck(['trainer.batch_size=0']); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.strip()
+    assert out == "False"

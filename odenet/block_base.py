@@ -199,14 +199,7 @@ class ShapeChecked:
         self.field = field
 
     def __call__(self, t: Tensor, x: Tensor) -> Tensor:
-        try:
-            out = self.field(t, x)
-        except Exception as err:
-            mark_field_error(err)
-            raise
-        if out.shape != x.shape:
-            raise shape_error(out, x)
-        return out
+        return call_field(self.field, t, x)
 
 
 class FlatTupleField:

@@ -26,7 +26,7 @@ from ..models import (
 from ..regularization import REGULARIZERS
 from ..solvers import is_adaptive
 from .config import Config, FieldConfig
-from .errors import check_choice
+from .errors import ConfigError, check_choice
 
 HEADS = ("linear", "identity")
 
@@ -70,9 +70,18 @@ def regularizers(cfg: Config) -> tuple[str, ...]:
     return tuple(name for name in REGULARIZERS if getattr(cfg.regularization, name) > 0)
 
 
+def check_field_config(cfg: FieldConfig, steps: int | None) -> None:
+    """``field.untied`` / ``field.tied_init`` fit a stack of ``steps`` fixed steps (None: no fixed step count)."""
+    if cfg.tied_init and not cfg.untied:
+        raise ConfigError("field.tied_init=true applies to a depth-indexed field only: set field.untied=true")
+    if cfg.untied and steps is None:
+        raise ConfigError("field.untied=true needs a fixed step count (solver.steps): one weight set per step")
+
+
 def build_field(cfg: FieldConfig, dim: int, steps: int | None, T: float) -> nn.Module:
     """The vector field on states of ``dim`` features (mlp) or channels (conv)."""
     check_choice("field.kind", cfg.kind, list(FIELDS))
+    check_field_config(cfg, steps)
 
     def make() -> nn.Module:
         field, last = FIELDS[cfg.kind](cfg, dim)
@@ -82,16 +91,12 @@ def build_field(cfg: FieldConfig, dim: int, steps: int | None, T: float) -> nn.M
         return field
 
     if cfg.untied:
-        if steps is None:
-            raise ValueError("field.untied=true needs a fixed step count (solver.steps): one weight set per step")
         field = DepthIndexedField(make, steps, T)
         if cfg.tied_init:
             first = field.layers[0].state_dict()
             for layer in field.layers[1:]:
                 layer.load_state_dict(first)
         return field
-    if cfg.tied_init:
-        raise ValueError("field.tied_init=true applies to a depth-indexed field only: set field.untied=true")
     return make()
 
 

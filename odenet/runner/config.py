@@ -7,6 +7,7 @@ it, and each config group (``conf/data/*.yaml``, ...) fills one of its nodes.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field as default
@@ -15,6 +16,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig
+
+from .errors import ConfigError
 
 # From a source checkout the configs are in ../conf; installed, they ship as the package odenet.conf.
 _SOURCE_CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -265,39 +268,33 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 def unknown_keys(cfg: DictConfig, schema: type = Config, prefix: str = "") -> list[str]:
     """Keys of ``cfg`` that the schema does not have (``+key=...`` adds them past the struct check)."""
-    names = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
     out = []
     for key in cfg.keys():
         if key == "hydra":
             continue
         full = f"{prefix}{key}"
-        if key not in names:
+        if key not in hints:
             out.append(full)
             continue
-        value, kind = cfg._get_node(key), names[key].type
-        sub = _schema_of(kind)
-        if sub is not None and isinstance(value, DictConfig):
-            out += unknown_keys(value, sub, f"{full}.")
-        elif isinstance(value, ListConfig) and key == "solvers":
-            for i, item in enumerate(value):
-                if isinstance(item, DictConfig):
-                    out += unknown_keys(item, EvalSolverConfig, f"{full}[{i}].")
+        kind, value = hints[key], cfg._get_node(key)
+        if dataclasses.is_dataclass(kind) and isinstance(value, DictConfig):
+            out += unknown_keys(value, kind, f"{full}.")
+        elif isinstance(value, ListConfig):  # a list of dataclasses: evaluation.solvers
+            item_kind = next(iter(typing.get_args(kind)), None)
+            if dataclasses.is_dataclass(item_kind):
+                for i, item in enumerate(value):
+                    if isinstance(item, DictConfig):
+                        out += unknown_keys(item, item_kind, f"{full}[{i}].")  # type: ignore[arg-type]
     return out
 
 
-def _schema_of(kind: object) -> type | None:
-    classes = {c.__name__: c for c in (DataConfig, FieldConfig, ModelConfig, BlockConfig, SolverConfig,
-                                       OptimizerConfig, TrainerConfig, EvaluationConfig, AdaptationConfig,
-                                       RegularizationConfig, AnalysisConfig)}
-    return classes.get(kind if isinstance(kind, str) else getattr(kind, "__name__", ""))
-
-
 def check_keys(cfg: DictConfig) -> None:
-    """A ValueError naming the first key the schema does not know."""
+    """A ConfigError naming the first key the schema does not know."""
     extra = unknown_keys(cfg)
     if extra:
-        raise ValueError(f"unknown config key {extra[0]}: not in the schema (odenet.runner.config.Config); check "
-                         "its spelling (python -m odenet.run --cfg job shows every key)")
+        raise ConfigError(f"unknown config key {extra[0]}: not in the schema (odenet.runner.config.Config); check "
+                          "its spelling (python -m odenet.run --cfg job shows every key)")
 
 
 def _one_line(err: BaseException) -> str:

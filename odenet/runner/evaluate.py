@@ -145,8 +145,7 @@ def run_evaluations(cfg: Config, model: Classifier, data: Dataset, device: torch
             if isinstance(it, str):
                 raise ValueError(it)
             steps = it.steps_on(T) if is_train else it.steps
-            h = it.h(T) if is_train else (it.step_size if it.step_size is not None else (T / steps if steps else None))
-            entry["test_steps"], entry["test_step_size"] = steps, h
+            entry["test_steps"], entry["test_step_size"] = steps, it.h(T)
             if it.adaptive:
                 entry["rtol"] = cfg.solver.rtol if is_train else it.rtol
                 entry["atol"] = cfg.solver.atol if is_train else it.atol

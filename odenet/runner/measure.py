@@ -193,8 +193,8 @@ def _run(phase: str, c: Context) -> dict[str, Any]:
 
 
 def enabled(cfg: AnalysisConfig) -> bool:
-    """Any measurement switched on (``interpolation`` needs the weights at initialisation)."""
-    return cfg.interpolation or any(getattr(cfg, m.flag) for m in MEASUREMENTS)
+    """Any measurement switched on."""
+    return any(getattr(cfg, m.flag) for m in MEASUREMENTS)
 
 
 def at_init(model: Classifier, x: Tensor, y: Tensor, loss_fn: LossFn, cfg: AnalysisConfig) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -216,11 +217,11 @@ class RunDir:
         assert ckpt is not None
         if ckpt.get("fingerprint") == fingerprint:
             return ckpt
-        try:
-            from omegaconf import OmegaConf
+        from omegaconf import OmegaConf
 
-            old = OmegaConf.to_container(OmegaConf.load(self.file(self.CONFIG)), resolve=True)
-        except Exception:
+        try:
+            old = OmegaConf.to_container(self.config, resolve=True)
+        except RunDirError:
             old = {}
         diff = differing_keys(defining(old), defining(config)) if old else ["(no readable config.yaml)"]
         shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
@@ -294,18 +295,14 @@ def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             for k in sorted(set(old) | set(new)) if old.get(k, "(absent)") != new.get(k, "(absent)")]
 
 
-_SCHEMA: list[Any] = []
-
-
+@functools.cache
 def _schema() -> Any:
     """The config schema as an OmegaConf node, built once per process (building it costs ~0.1 s)."""
-    if not _SCHEMA:
-        from omegaconf import OmegaConf
+    from omegaconf import OmegaConf
 
-        from .config import Config
+    from .config import Config
 
-        _SCHEMA.append(OmegaConf.structured(Config))
-    return _SCHEMA[0]
+    return OmegaConf.structured(Config)
 
 
 def save_torch(path: Path, obj: Any) -> None:

@@ -12,8 +12,8 @@ from omegaconf import DictConfig
 from ..models import AMP_DTYPES, IMAGE_STEMS
 from ..regularization import NOISES
 from ..solvers import ADAPTIVE_SOLVERS, SCHEMES, TORCHDIFFEQ_FIXED, all_solver_names, is_adaptive
-from .build import BLOCKS, FIELDS, HEADS, OPTIMIZERS, SCHEDULES, regularizers
-from .config import Config, unknown_keys
+from .build import BLOCKS, FIELDS, HEADS, OPTIMIZERS, SCHEDULES, check_field_config, regularizers
+from .config import Config, check_keys
 from .errors import ConfigError, check_choice
 from .ranges import LOGGERS, OBJECTIVES, RANGES, Range, check_ranges
 from .tracking import check_logger
@@ -27,10 +27,7 @@ def validate(cfg: Config) -> None:
     from .accel import AUGMENTATIONS
 
     if isinstance(cfg, DictConfig):
-        extra = unknown_keys(cfg)
-        if extra:
-            raise ConfigError(f"unknown config key {extra[0]}: not in the schema (odenet.runner.config.Config); "
-                              "check its spelling (python -m odenet.run --cfg job shows every key)")
+        check_keys(cfg)
 
     check_ranges(cfg)
     check_choice("data.name", cfg.data.name, list(DATASETS))
@@ -73,10 +70,7 @@ def _check_model(cfg: Config) -> None:
     f = cfg.field
     if cfg.model.stem != "lift" and f.kind != "conv":
         raise ConfigError(f"model.stem={cfg.model.stem} is an image stem: it needs field.kind=conv")
-    if f.tied_init and not f.untied:
-        raise ConfigError("field.tied_init=true applies to a depth-indexed field only: set field.untied=true")
-    if f.untied and (cfg.solver.steps is None or is_adaptive(cfg.solver.name)):
-        raise ConfigError("field.untied=true needs a fixed step count (solver.steps): one weight set per step")
+    check_field_config(f, None if is_adaptive(cfg.solver.name) else cfg.solver.steps)
     if f.kind == "conv" and f.kernel % 2 == 0:
         raise ConfigError(f"field.kernel must be odd (the state keeps its size), got {f.kernel}")
     penalties = regularizers(cfg)

@@ -27,13 +27,10 @@ Cases:
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +39,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks._timing import interleaved, repeated  # noqa: E402
 from odenet import MLPField, ODEBlock, ResidualStack  # noqa: E402
 
 T = 1.0
@@ -74,56 +72,6 @@ def make_field(size: str) -> tuple[nn.Module, Tensor]:
     field = MLPField(dim, hidden, depth=2, activation="tanh")
     x = torch.randn(batch, dim)
     return field, x
-
-
-def timed_call(fn: Callable[[], None], params: list[nn.Parameter]) -> float:
-    for p in params:
-        p.grad = None
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved(
-    contenders: list[Callable[[], None]],
-    params: list[nn.Parameter],
-    budget_s: float,
-    min_rounds: int,
-    max_rounds: int,
-    warmup: int,
-) -> tuple[list[float], int, float]:
-    """Median seconds per call of each contender, timed in interleaved rounds for about ``budget_s``.
-
-    Also returns the number of rounds and the median within-round ratio of contender 1 over 0.
-    """
-    warm_deadline = time.perf_counter() + 0.2 * budget_s
-    for w in range(warmup):
-        if w > 0 and time.perf_counter() > warm_deadline:
-            break
-        for fn in contenders:
-            timed_call(fn, params)
-    times: list[list[float]] = [[] for _ in contenders]
-    gc.collect()
-    # Rounds continue until the wall-clock budget is spent, so a loaded machine gets fewer rounds rather
-    # than a longer run; min_rounds gives way after 3x the budget, but one round always runs.
-    now = time.perf_counter()
-    deadline, hard_deadline = now + budget_s, now + 3 * budget_s
-    rounds = 0
-    while rounds < max_rounds:
-        now = time.perf_counter()
-        if rounds >= 1 and (now > hard_deadline or (rounds >= min_rounds and now > deadline)):
-            break
-        order = range(len(contenders)) if rounds % 2 == 0 else reversed(range(len(contenders)))
-        for i in order:
-            times[i].append(timed_call(contenders[i], params))
-        rounds += 1
-    paired = statistics.median(b / a for a, b in zip(times[0], times[1]))
-    return [statistics.median(ts) for ts in times], rounds, paired
-
-
-def repeated(fn: Callable[[], None], params: list[nn.Parameter], runs: int) -> float:
-    """Median seconds per call of ``fn`` over ``runs`` calls (no warm-up: for slow references)."""
-    return statistics.median(timed_call(fn, params) for _ in range(runs))
 
 
 # --------------------------------------------------------------------------------------- cases

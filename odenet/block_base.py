@@ -242,6 +242,33 @@ class Block(nn.Module, ABC):
     T: float
     regularizers: tuple[str, ...] = ()
     noise: str = "gaussian"
+    #: Whether ``compile()`` can compile this block's whole solve (see ``compile``).
+    compilable: bool = False
+    _compile_options: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """``torch.compile`` this block's whole solve in place (``nn.Module.compile``: the ``state_dict`` keys stay,
+        so checkpoints load into eager blocks); ``args``/``kwargs`` go to ``torch.compile``. Blocks made from it
+        by ``with_solver`` are compiled alike (one graph per solver, mode, grad mode and input shape, each compiled
+        once).
+
+        A ``ResidualStack`` compiles (its loop unrolls into one graph); an ``ODEBlock`` does not: torchdiffeq's
+        step-size control branches on tensor values at every step (a TypeError; compile its field instead,
+        ``block.field.compile()``).
+        """
+        if not self.compilable:
+            raise TypeError(
+                f"{type(self).__name__} cannot be compiled whole: torchdiffeq's solver loop branches on tensor "
+                "values (step-size control); compile its field instead (block.field.compile()), or use a "
+                "ResidualStack"
+            )
+        super().compile(*args, **kwargs)
+        self._compile_options = (args, kwargs)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether ``compile()`` has compiled this block's solve."""
+        return self._compile_options is not None
 
     def _init_regularizers(self, regularizers: Sequence[str], noise: str) -> None:
         self.regularizers = check_regularizers(regularizers, noise)
@@ -309,8 +336,12 @@ class Block(nn.Module, ABC):
         ``times``: the times wanted, ``x`` being the state at ``times[0]``."""
 
     def _same_mode(self, block: Block) -> Block:
-        """``block`` (made by ``with_solver``) in this block's training mode; its field is left as it is."""
+        """``block`` (made by ``with_solver``) in this block's training mode, compiled when this block is and
+        ``block`` can be; its field is left as it is."""
         block.training = self.training
+        if self._compile_options is not None and block.compilable:
+            args, kwargs = self._compile_options
+            block.compile(*args, **kwargs)
         return block
 
 

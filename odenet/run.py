@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .runner.config import CONFIG_PATH, experiment_dir, precheck, register_configs
+from .runner.config import CONFIG_PATH, experiment_dir, precheck, register_configs, shadowed_data_choice
 
 log = logging.getLogger("odenet")
 
@@ -32,6 +32,20 @@ def _task_overrides() -> dict[str, str]:
     return overrides
 
 
+def _train_ensemble(cfg: DictConfig, out_dir: Path) -> dict:
+    """``trainer.ensemble=K``: member i in the folder the sweep gives the job ``seed=seed+i`` (see
+    :func:`odenet.runner.ensemble.member_runs`); returns member 0's metrics."""
+    from .runner.ensemble import SweepNaming, member_runs, train_ensemble
+
+    hc = HydraConfig.get()
+    naming = None
+    if hc.mode == RunMode.MULTIRUN:
+        od = hc.job.config.override_dirname
+        naming = SweepNaming(Path(hc.sweep.dir), list(od.exclude_keys), od.item_sep, od.kv_sep)
+    runs = member_runs(cfg, out_dir, list(hc.overrides.task), naming)  # type: ignore[arg-type]
+    return train_ensemble(cfg, runs)[0]  # type: ignore[arg-type,return-value]
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> float | list[float] | None:
     from .blocks import SolverError  # torch is imported only once the config has composed
@@ -41,7 +55,13 @@ def main(cfg: DictConfig) -> float | list[float] | None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
-        metrics = train_and_evaluate(cfg, out_dir, _task_overrides())  # type: ignore[arg-type]
+        shadowed = shadowed_data_choice(list(hc.overrides.task), cfg)  # type: ignore[arg-type]
+        if shadowed:  # a sweep's own task group, composed after data=X, chose other data
+            raise ConfigError(shadowed)
+        if cfg.trainer.ensemble > 1:  # K seeds in one process, each written where its own job would write
+            metrics = _train_ensemble(cfg, out_dir)
+        else:
+            metrics = train_and_evaluate(cfg, out_dir, _task_overrides())  # type: ignore[arg-type]
     except (ConfigError, ValueError, OSError) as err:  # bad config, data or output folder: nothing was written
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -41,8 +41,11 @@ class ResidualStack(Block):
     the state by the same scheme while training (see ``Block.regularization``).
 
     The initial state must be finite (a ``NonFiniteStateError``, a ``ValueError``, otherwise); the field's
-    output shape is checked at every evaluation. An empty batch runs like any other.
+    output shape is checked at every evaluation. An empty batch runs like any other. ``compile()`` compiles the
+    whole solve (see ``Block.compile``).
     """
+
+    compilable = True
 
     def __init__(
         self,
@@ -98,12 +101,21 @@ class ResidualStack(Block):
         return f"steps={self.steps}, T={self.T}, scheme={kind}, learn_steps={self.learn_steps}"
 
     def _uniform_times(self, x: Tensor) -> list[Tensor]:
-        """Stage times of the uniform grid, flattened, cached per dtype and device."""
+        """Stage times of the uniform grid, flattened, cached per dtype and device (eager calls only).
+
+        While ``torch.compile`` traces, the grid is built in the graph (constants the compiler folds) and the
+        cache is left alone: a cache filled by the first compiled call would fail the guards of the second
+        (a recompile).
+        """
         key = (x.dtype, x.device)
-        if key not in self._grids:
+        compiling = torch.compiler.is_compiling()
+        if compiling or key not in self._grids:
             h = torch.full((self.steps,), self.T / self.steps, dtype=x.dtype, device=x.device)
             t = torch.arange(self.steps, dtype=x.dtype, device=x.device) * h
-            self._grids[key] = list(stage_times(self.tableau, t, h).reshape(-1).unbind())
+            grid = list(stage_times(self.tableau, t, h).reshape(-1).unbind())
+            if compiling:
+                return grid
+            self._grids[key] = grid
         return self._grids[key]
 
     def _solve(self, x: State, keep: bool, start: int = 0, stop: int | None = None) -> list[Tensor] | list[State]:

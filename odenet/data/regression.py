@@ -74,3 +74,21 @@ def load_tanh_ode(o: DataOptions) -> Dataset:
     y_te = _tanh_ode_targets(x_te, W0, W1, b)
     f = lambda a: torch.from_numpy(a.astype(np.float32))  # noqa: E731
     return Dataset("tanh_ode", f(x_tr), f(y_tr), f(x_te), f(y_te), num_classes=dim, task="regression")
+
+
+@register_dataset("digits_identity")
+def load_digits_identity(o: DataOptions) -> Dataset:
+    """The identity task ``y = x`` on scikit-learn's digits features (64 pixels; the ``digits`` split).
+
+    Pixels are centred by the training mean and divided by one scale ``s`` (``s²``: the training set's mean
+    per-pixel variance), so predicting 0 scores a training MSE of exactly 1 and an MSE is the fraction of the
+    inputs' variance not reproduced. Uses ``n_train, n_test`` (as ``digits``).
+    """
+    from .images import load_digits
+
+    d = load_digits(DataOptions(n_train=o.n_train, n_test=o.n_test))
+    mean = d.x_train.mean(0)
+    scale = float(((d.x_train - mean) ** 2).mean()) ** 0.5
+    x_tr, x_te = (d.x_train - mean) / scale, (d.x_test - mean) / scale
+    return Dataset("digits_identity", x_tr, x_tr.clone(), x_te, x_te.clone(), num_classes=x_tr.shape[1],
+                   task="regression")

@@ -14,9 +14,13 @@ from . import figures
 from . import step_size_ablation
 from . import plane
 from . import degradation
+from . import nested_growth
 from . import gradient_flow
+from . import identity_mapping
+from . import shattered_gradients
 from . import loss_landscape
 from . import depth_smoothness
+from . import block_lesion
 from . import learned_steps
 from . import regularization
 from . import augmentation
@@ -41,22 +45,26 @@ __all__ = [
     "Stats",
     "augmentation",
     "beats_baseline",
+    "block_lesion",
     "collect",
     "convergence_test",
     "degradation",
     "depth_smoothness",
     "figures",
     "gradient_flow",
+    "identity_mapping",
     "learned_steps",
     "loss_landscape",
     "main",
     "mean_std",
+    "nested_growth",
     "plane",
     "register_dir_plot",
     "register_plot",
     "register_section",
     "regularization",
     "save_figure",
+    "shattered_gradients",
     "stats",
     "step_adaptation",
     "step_size_ablation",

@@ -13,6 +13,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ..runner.accel import apply_threads
+from ..runner.ranges import THREADS_AUTO
 from .collect import ReportError
 from .write import write_report
 
@@ -60,6 +62,7 @@ class ReportCallback(Callback):
         self._write(config)
 
     def _write(self, config: DictConfig) -> None:
+        apply_threads(config.get("threads", THREADS_AUTO))  # the sweep's threads setting, in this process too
         try:
             sweep_dir = Path(str(config.hydra.sweep.dir))
         except Exception as err:
@@ -114,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="draw the figures even when every run is a smoke run (skipped by default there)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    apply_threads(THREADS_AUTO)
     try:
         paths = write_report(args.dir, args.out, grid=args.grid, plots=True if args.plots else None)
     except ReportError as err:

@@ -76,10 +76,13 @@ def paired_changes(rows: Sequence[Row]) -> dict[tuple[Any, ...], Cells]:
             continue
         base = float(own[0]["accuracy"])
         cells = out.setdefault(model_key(own[0], settings), {})
+        references = [r for r in run_rows if adaptive_eval(r)]
         for r in run_rows:
             reference = adaptive_eval(r)  # dopri5
             if r["test_steps"] is None and not reference:
                 continue  # a fixed grid given by step size only: not part of this test
+            if reference and r["is_train_solver"] and len(references) > 1:
+                continue  # an adaptively trained model: its reference is the tight evaluation, one cell per seed
             key = (str(r["test_solver"]), None if reference else int(r["test_steps"]))
             cells.setdefault(key, []).append((float(r["accuracy"]), float(r["accuracy"]) - base))
     return out

@@ -31,6 +31,8 @@ def _degradation_data(ctx: ReportContext) -> dict[str, dict[int, list[Run]]] | N
         by.setdefault(m.train["block"], {}).setdefault(int(m.train["steps"]), []).append(m)
     if len(by) < 2 or not all(len(d) > 1 for d in by.values()):
         return None
+    if any(len({m.train.get("step_size") for m in ms}) > 1 for d in by.values() for ms in d.values()):
+        return None  # two step sizes at one depth (e.g. block_lesion's h = 1 and h = 1/N arms): not one curve each
     return by
 
 

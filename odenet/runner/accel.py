@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import random
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..models import Classifier
+from .ranges import THREADS_AUTO
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,32 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name} but CUDA is not available: use device=auto or device=cpu")
     return device
+
+
+def resolve_threads(setting: Any) -> int | None:
+    """The intra-op thread count of the config's ``threads``: ``auto`` is 1, ``N`` is N, null is None (torch's
+    default, one per core, left as it is).
+
+    Why ``auto`` is 1: odenet's models (MLP fields of 32-256 units, small conv nets, batches of 128) give each op
+    microseconds of work, less than it costs OpenMP to wake and join a second thread; on shared cores the
+    threads spin-wait on each other and an iteration can be 1.6-62x slower than with one (issue 13). A sweep
+    runs jobs in parallel (the joblib launcher) instead; give ``threads=N`` to a large model on cores of its own.
+    """
+    if setting is None:
+        return None
+    if setting == THREADS_AUTO:
+        return 1
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ValueError(f"threads must be auto, null or an integer >= 1, got {setting!r}")
+    return setting
+
+
+def apply_threads(setting: Any) -> int:
+    """Set torch's intra-op threads as ``threads`` says (see :func:`resolve_threads`); returns the count in use."""
+    n = resolve_threads(setting)
+    if n is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
 
 
 def seed_everything(seed: int) -> None:
@@ -79,17 +107,31 @@ def grad_scaler(model: Classifier, device: torch.device) -> torch.amp.GradScaler
     return torch.amp.GradScaler(device.type, enabled=enabled)
 
 
-def compile_field(model: Classifier) -> None:
-    """``torch.compile`` the block's vector field in place (``nn.Module.compile``: the state_dict keys stay).
+#: Graphs the compiler may keep per code object (torch's default is 8): a run's evaluations compile one graph per
+#: ``with_solver`` block (solver, steps), mode and grad mode, past which torch would fall back to eager.
+RECOMPILE_LIMIT = 64
 
-    Every block made by ``with_solver`` shares the field, so evaluations use the compiled field too. On CPU
-    the compiler needs a C++ toolchain (gcc); the first calls are slow (compilation, then a recompile for
-    new shapes such as the last, smaller batch).
+
+def compile_block(model: Classifier) -> bool:
+    """``trainer.compile``: ``torch.compile`` the block's whole solve in place (``Block.compile``; the state_dict
+    keys stay, so checkpoints load into eager models); the blocks ``with_solver`` makes from it are compiled too.
+
+    Returns whether the block was compiled. An ``ODEBlock`` is left eager (logged): torchdiffeq's loop branches
+    on tensor values, and compiling its field alone made a step 1.3-1.4x slower (issue 13). On CPU the compiler
+    needs a C++ toolchain (gcc); the first call of each graph is slow (seconds: compilation).
     """
-    field = model.block.field
-    if not hasattr(field, "compile"):
+    block = model.block
+    if not hasattr(nn.Module, "compile"):
         raise ValueError(f"trainer.compile=true needs torch >= 2.2 (nn.Module.compile); this is {torch.__version__}")
-    field.compile()
+    if not block.compilable:
+        log.warning("trainer.compile: %s is left eager (torchdiffeq's solver loop cannot be compiled whole)",
+                    type(block).__name__)
+        return False
+    from torch._dynamo import config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+    block.compile()
+    return True
 
 
 def describe_precision(model: Classifier) -> str:

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..blocks import Block, make_block
 from ..fields import ConvField, DepthIndexedField, LinearField, MLPField
+from ..growth import insert_steps, refine_grid, spread_positions
 from ..models import (
     AMP_DTYPES,
     Classifier,
@@ -70,8 +71,25 @@ def regularizers(cfg: Config) -> tuple[str, ...]:
     return tuple(name for name in REGULARIZERS if getattr(cfg.regularization, name) > 0)
 
 
+#: field.init choices (``he``: :func:`he_init`, mlp fields only).
+FIELD_INITS = ("default", "he")
+
+
+def he_init(field: nn.Module) -> None:
+    """Variance-preserving ReLU init of an MLP field: ``N(0, 2/fan_in)`` for each linear layer followed by the
+    activation, ``N(0, 1/fan_in)`` for the last (its output feeds the next layer linearly), zero biases."""
+    linears = list(field.linears)  # type: ignore[union-attr]
+    for i, linear in enumerate(linears):
+        gain = 2.0 if i < len(linears) - 1 else 1.0
+        nn.init.normal_(linear.weight, std=(gain / linear.weight.shape[1]) ** 0.5)
+        nn.init.zeros_(linear.bias)
+
+
 def check_field_config(cfg: FieldConfig, steps: int | None) -> None:
     """``field.untied`` / ``field.tied_init`` fit a stack of ``steps`` fixed steps (None: no fixed step count)."""
+    check_choice("field.init", cfg.init, list(FIELD_INITS))
+    if cfg.init == "he" and cfg.kind != "mlp":
+        raise ConfigError(f"field.init=he applies to field.kind=mlp, got field.kind={cfg.kind}")
     if cfg.tied_init and not cfg.untied:
         raise ConfigError("field.tied_init=true applies to a depth-indexed field only: set field.untied=true")
     if cfg.untied and steps is None:
@@ -85,6 +103,8 @@ def build_field(cfg: FieldConfig, dim: int, steps: int | None, T: float) -> nn.M
 
     def make() -> nn.Module:
         field, last = FIELDS[cfg.kind](cfg, dim)
+        if cfg.init == "he":
+            he_init(field)
         if cfg.zero_init and last is not None:
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
@@ -158,6 +178,17 @@ def build_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> 
     block: Block = make_block(field, solver, T=cfg.block.T, **options)
     amp = AMP_DTYPES[cfg.trainer.amp_dtype] if cfg.trainer.amp else None  # autocast on the input's device
     return Classifier(stem, block, head, amp_dtype=amp)
+
+
+def grown_block(cfg: Config, block: Any) -> Any:
+    """``block`` grown as ``cfg.growth`` says (``odenet.growth``), sharing its parameters; ``block`` itself for
+    growth.mode none / control."""
+    g = cfg.growth
+    if g.mode in ("identity", "default"):
+        return insert_steps(block, spread_positions(block.steps, g.insert), init=g.mode, share=True)
+    if g.mode == "refine":
+        return refine_grid(block, g.factor, share=True)
+    return block
 
 
 def build_model_for(cfg: Config) -> Classifier:

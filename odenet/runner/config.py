@@ -65,6 +65,9 @@ class FieldConfig:
     tied_init: bool = False  # untied only: every step starts from step 0's weights (an init smooth, constant, in depth)
     preact: bool = False  # conv: norm + activation before the first conv (Chen et al.'s field: norm, ReLU, conv, ...)
     zero_init: bool = False  # linear: W = 0 at init (Sander et al.); mlp / conv: the last layer's weight and bias = 0
+    # mlp: default (PyTorch's) | he (variance-preserving for ReLU: N(0, 2/fan_in) before the activation, N(0, 1/fan_in)
+    # for the last layer, zero biases; Balduzzi et al. 2017)
+    init: str = "default"
 
 
 @dataclass
@@ -119,7 +122,10 @@ class TrainerConfig:
     # in float32 (error control is not safe in half precision). float16 adds a GradScaler.
     amp: bool = False
     amp_dtype: str = "bfloat16"  # bfloat16 | float16
-    compile: bool = False  # torch.compile the vector field in place (state_dict keys unchanged)
+    compile: bool = False  # torch.compile the block's whole solve in place (state_dict keys unchanged; ODE block eager)
+    # K > 1: train seeds seed, seed+1, ..., seed+K-1 of this config in one process as one batched ensemble
+    # (torch.func.vmap), each member written to the run folder its separate run would use (odenet.runner.ensemble)
+    ensemble: int = 1
 
 
 @dataclass
@@ -177,6 +183,25 @@ class RegularizationConfig:
 
 
 @dataclass
+class GrowthConfig:
+    """Grow the block once during training (``odenet.growth``; the ``nested_growth`` experiment).
+
+    After ``round(at x total)`` iterations the training loss on the whole training set is measured, the block is
+    grown, the loss measured again, and training goes on (new parameters join the optimiser as a new group; the
+    others keep their state). ``metrics.json["train"]["growth"]`` records both losses.
+    """
+
+    # none: no growth; control: measure at `at` but change nothing (the same run, continued);
+    # identity / default: insert `insert` steps into an untied Euler stack, each a copy of its neighbouring layer
+    # with the last layer zeroed (a residual step is then the identity), or redrawn by PyTorch's default init;
+    # refine: steps x `factor` on the same [0, T]
+    mode: str = "none"
+    at: float = 0.5  # when: this fraction of the training iterations
+    insert: int = 1  # identity / default: new steps, spread over the stack (odenet.growth.spread_positions)
+    factor: int = 2  # refine: the step count's multiplier
+
+
+@dataclass
 class AnalysisConfig:
     """Measurements (``odenet.analysis``) on the model, written to ``metrics.json["analysis"]`` (all off by default).
 
@@ -202,6 +227,19 @@ class AnalysisConfig:
     adaptive_solver: str = "dopri5"
     adaptive_rtol: float = 1e-5
     adaptive_atol: float = 1e-5
+    # shattered gradients (Balduzzi et al. 2017), at init and trained: d<u, logits>/ds along segments between
+    # training examples of different classes (u a fixed random unit vector); autocorrelation and power spectrum
+    shattering: bool = False
+    shattering_lines: int = 8  # segments, each between two of the first analysis points with different labels
+    shattering_points: int = 256  # equally spaced points per segment
+    # block lesions of a stack (Veit et al. 2016), on the test set: accuracy after deleting each block, after
+    # deleting k random blocks (k = 1, 2, 4, ... < N; lesion_draws sets per k); the relative update per block on
+    # the analysis points, after training and at init (lesion_init, the control of its evenness)
+    lesion: bool = False
+    lesion_draws: int = 10
+    # how much of its input the block keeps (vector states): Jacobian rank, R² of recovering the block input from
+    # its output; and random ReLU / tanh / linear layers of widths d/8 .. 4d on the inputs (Sandler et al. 2018)
+    identity: bool = False
     points: int = 512  # training examples used (all if fewer)
     seed: int = 0  # random directions and probes
 
@@ -210,9 +248,10 @@ class AnalysisConfig:
 class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # torch intra-op CPU threads (None: torch's default). 1 is fastest for small models, and keeps a job from
-    # crawling when the machine's cores are shared (OpenMP threads spin-waiting on each other).
-    threads: int | None = None
+    # torch intra-op CPU threads: auto (1: odenet's models are too small for intra-op parallelism to pay, and on
+    # shared cores OpenMP threads spin-wait on each other; a sweep runs its jobs in parallel instead), N forces N,
+    # null leaves torch's default (one per core). Applied in every run, joblib worker and report process.
+    threads: typing.Any = "auto"  # auto | N >= 1 | null
     smoke: bool = False  # a smoke run (+debug=smoke): checks the machinery in seconds; its numbers mean nothing
     # what a job returns to Hydra's sweeper (one value, or several for a multi-objective search such as Optuna's):
     # test_accuracy | validation_accuracy | validation_loss | test_loss | train_loss | nfe
@@ -228,6 +267,7 @@ class Config:
     evaluation: EvaluationConfig = default(default_factory=EvaluationConfig)
     adaptation: AdaptationConfig = default(default_factory=AdaptationConfig)
     regularization: RegularizationConfig = default(default_factory=RegularizationConfig)
+    growth: GrowthConfig = default(default_factory=GrowthConfig)
     analysis: AnalysisConfig = default(default_factory=AnalysisConfig)
 
 
@@ -351,8 +391,31 @@ def precheck(argv: Sequence[str]) -> str | None:
             check_keys(cfg)
         except Exception as err:
             return _one_line(err)
+        shadowed = shadowed_data_choice(overrides, cfg)
+        if shadowed:
+            return shadowed
         try:
             check_ranges(cfg)
         except ValueError as err:
             return str(err)
     return None
+
+
+def shadowed_data_choice(overrides: Sequence[str], cfg: DictConfig) -> str | None:
+    """The error when ``data=X`` is given but a config composed after the data group (an experiment's task or setup
+    file) sets another ``data.name``: the choice would be silently ignored."""
+    from omegaconf import OmegaConf
+
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+~") != "data" or not value:
+            continue
+        option = Path(CONFIG_PATH) / "data" / f"{value}.yaml" if not CONFIG_PATH.startswith("pkg://") else None
+        if option is None or not option.is_file():
+            return None
+        chosen = OmegaConf.load(option).get("name", value)
+        if cfg.data.name != chosen:
+            return (f"data={value} is overridden by the experiment's own config (it sets data.name={cfg.data.name}); "
+                    f"add data.name={chosen} to the command line, or pick the experiment's task group instead")
+    return None
+

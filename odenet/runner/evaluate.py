@@ -70,7 +70,7 @@ def train_integrator(cfg: Config, model: Classifier) -> Integrator:
 def train_record(cfg: Config, model: Classifier) -> TrainRecord:
     """Training solver, steps and step size as the block now integrates (a fixed-grid ODE block: its step_size,
     and steps when ``T / step_size`` is an integer)."""
-    it, T = train_integrator(cfg, model), cfg.block.T
+    it, T = train_integrator(cfg, model), getattr(model.block, "T", cfg.block.T)  # a grown block's own T
     return {"solver": it.name, "steps": it.steps_on(T), "step_size": it.h(T), "block": cfg.block.kind,
             "rtol": cfg.solver.rtol if it.adaptive else None}
 
@@ -114,7 +114,7 @@ def run_evaluations(cfg: Config, model: Classifier, data: Dataset, device: torch
     A solver that fails (step-size underflow, too many steps, an option the block cannot take, a non-finite
     output) gives an entry with ``status: failed`` and the reason; the others still run.
     """
-    T = cfg.block.T
+    T = getattr(model.block, "T", cfg.block.T)  # a grown block's own T (growth.mode)
     train = train_integrator(cfg, model)
     train_steps, train_h = train.steps_on(T), train.h(T)
     x, y, bs = data.x_test.to(device), data.y_test.to(device), cfg.trainer.eval_batch_size

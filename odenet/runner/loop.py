@@ -53,6 +53,12 @@ class BatchSampler:
         self.perm, self.pos = state["perm"], int(state["pos"])
 
 
+def diverged(loss: float, iteration: int, cfg: Config) -> TrainingDiverged:
+    """The error of a training loss that is no longer finite."""
+    return TrainingDiverged(f"the training loss became {loss} at iteration {iteration}: lower optimizer.lr "
+                            f"(now {cfg.optimizer.lr:g}) or use a smaller step (solver.steps / solver.rtol)")
+
+
 def total_iterations(cfg: Config, n_train: int) -> int:
     t = cfg.trainer
     if t.iterations is not None:
@@ -127,6 +133,7 @@ class Trainer:
     fingerprint: str
     total: int
     tracker: Any = None  # odenet.runner.tracking: gets every logged row
+    growth: Any = None  # odenet.runner.growth.Growth: grows the block once (config section growth)
 
     def checkpoint(self, state: TrainState) -> dict[str, Any]:
         out = {
@@ -138,11 +145,15 @@ class Trainer:
         }
         if self.adapter is not None:
             out["adaptation"] = self.adapter.state_dict()
+        if self.growth is not None:
+            out["growth"] = self.growth.state_dict()
         if self.scaler.is_enabled():
             out["scaler"] = self.scaler.state_dict()
         return out
 
     def restore(self, ckpt: dict[str, Any]) -> TrainState:
+        if self.growth is not None:  # a checkpoint taken after the growth: the grown structure first
+            self.growth.load_state_dict(ckpt.get("growth"), self)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None:
@@ -161,6 +172,31 @@ class Trainer:
         if self.adapter is not None and self.adapter.decisions:
             self.run.write_adaptation(self.adapter.decisions)
 
+    def history_row(self, state: TrainState, n_train: int, regression: bool, block: Block, nfe_forward: int,
+                    weights: dict[str, float], t0: float) -> dict[str, Any]:
+        """Log step ``state.iteration``: its ``history.csv`` row from the window (then reset), written and tracked.
+
+        ``block``: the block whose solver statistics the row reports (the model's, or an ensemble's template)."""
+        window, done, model, adapter = state.window, state.iteration, self.model, self.adapter
+        row = {
+            "iteration": done,
+            "epoch": round(done * self.sampler.batch_size / n_train, 4),
+            "loss": window["loss"] / window["seen"],
+            "accuracy": None if regression else window["correct"] / window["seen"],
+            **solver_columns(block, nfe_forward),
+            **{name: window[name] / window["count"] for name in weights},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - t0, 3),
+            **(adapter.history_columns() if adapter is not None else {}),
+            **learned_step_sizes(model),
+        }
+        state.history.append(row)
+        if self.tracker is not None:
+            self.tracker.log(row)
+        state.window = _new_window()
+        self._write_history(state)
+        return row
+
     def fit(self, state: TrainState, x_train: torch.Tensor, y_train: torch.Tensor, task: str) -> TrainState:
         """Train from ``state.iteration`` to ``total``, logging every ``trainer.log_every`` and checkpointing."""
         cfg, model, adapter = self.cfg, self.model, self.adapter
@@ -177,6 +213,8 @@ class Trainer:
         window = state.window
         try:
             for it in bar:
+                if self.growth is not None:
+                    self.growth.before_iteration(it, self)
                 idx = self.sampler.next().to(device)
                 xb, yb = x_train[idx], y_train[idx]
                 xb = augment_images(xb, cfg.data.augment, cfg.data.crop_padding)  # on the device; none: xb itself
@@ -185,10 +223,7 @@ class Trainer:
                 penalties = model.block.regularization  # integrated alongside the state (empty when unweighted)
                 loss = task_loss + sum(weights[name] * value for name, value in penalties.items())
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"the training loss became {float(loss.detach())} at iteration {it + 1}: lower optimizer.lr "
-                        f"(now {cfg.optimizer.lr:g}) or use a smaller step (solver.steps / solver.rtol)"
-                    )
+                    raise diverged(float(loss.detach()), it + 1, cfg)
                 nfe_forward = model.block.nfe
                 self.optimizer.zero_grad(set_to_none=True)
                 backward(model, self.scaler.scale(loss))
@@ -211,23 +246,8 @@ class Trainer:
                 window["count"] += 1
                 done = state.iteration = it + 1
                 if done % cfg.trainer.log_every == 0 or done == self.total:
-                    row = {
-                        "iteration": done,
-                        "epoch": round(done * self.sampler.batch_size / len(x_train), 4),
-                        "loss": window["loss"] / window["seen"],
-                        "accuracy": None if regression else window["correct"] / window["seen"],
-                        **solver_columns(model.block, nfe_forward),
-                        **{name: window[name] / window["count"] for name in weights},
-                        "lr": self.optimizer.param_groups[0]["lr"],
-                        "seconds": round(time.perf_counter() - t0, 3),
-                        **(adapter.history_columns() if adapter is not None else {}),
-                        **learned_step_sizes(model),
-                    }
-                    state.history.append(row)
-                    if self.tracker is not None:
-                        self.tracker.log(row)
-                    window = state.window = _new_window()
-                    self._write_history(state)
+                    row = self.history_row(state, len(x_train), regression, model.block, nfe_forward, weights, t0)
+                    window = state.window
                     bar.set_postfix(loss=f"{row['loss']:.4f}", nfe=nfe_forward)
                     if bar.disable:  # no terminal (Slurm, nohup, a file): one log line per log step instead
                         acc = "" if row["accuracy"] is None else f"  accuracy {row['accuracy']:.4f}"

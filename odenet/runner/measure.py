@@ -21,17 +21,23 @@ from torch import Tensor
 
 from ..analysis import (
     depth_smoothness,
+    evenness,
     gradient_norms,
     hessian_trace,
     interpolate,
     kinetic_energy,
+    line_shattering,
+    random_lesions,
+    relative_updates,
+    single_lesions,
     slice_1d,
     slice_2d,
     step_speeds,
     top_hessian_eigenvalue,
 )
-from ..analysis._util import stack_times
+from ..analysis._util import split_model, stack_times
 from ..analysis.adaptive_steps import adaptive_steps
+from ..analysis.identity import held_out_recoverability, jacobian_ranks, random_layer_info
 from ..blocks import ODEBlock, ResidualStack
 from ..fields import DepthIndexedField
 from ..models import Classifier
@@ -82,6 +88,7 @@ class Context:
     loss_fn: LossFn
     cfg: AnalysisConfig
     init_state: dict[str, Tensor] | None = None
+    test: tuple[Tensor, Tensor] | None = None  # the test set (inputs, targets), for measurements that need it
 
 
 MeasureFn = Callable[[Context], dict[str, Any]]
@@ -120,6 +127,23 @@ def _gradients(c: Context) -> dict[str, Any]:
 
 register_measurement("gradients_init", "gradients", phase="init")(_gradients)
 register_measurement("gradients", "gradients")(_gradients)
+
+
+def _shattering(c: Context) -> dict[str, Any]:
+    """Balduzzi et al.'s shattered gradients on segments between training examples of different classes."""
+    cfg = c.cfg
+    s = line_shattering(c.model, c.x, c.y, lines=cfg.shattering_lines, points=cfg.shattering_points, seed=cfg.seed)
+    finite = [v for v in s.lag1 if v == v]
+    slopes = [v for v in s.slope if v == v]
+    return {"points": cfg.shattering_points, "pairs": [list(p) for p in s.pairs], "lag1": s.lag1,
+            "lag1_mean": sum(finite) / len(finite) if finite else None, "lag1_uncentred": s.lag1_uncentred,
+            "slope": s.slope, "slope_mean": sum(slopes) / len(slopes) if slopes else None, "rms": s.rms,
+            "autocorrelation": _floats(s.autocorrelation), "frequencies": _floats(s.frequencies),
+            "power": _floats(s.power), "example": _floats(s.example)}
+
+
+register_measurement("shattering_init", "shattering", phase="init")(_shattering)
+register_measurement("shattering", "shattering")(_shattering)
 
 
 @register_measurement("landscape", "landscape")
@@ -179,6 +203,79 @@ def _adaptive_steps(c: Context) -> dict[str, Any]:
             "block_step_sizes": own}
 
 
+def _block_info(c: Context) -> dict[str, Any]:
+    """How much of its input the block keeps: Jacobian rank of the block map and R² of recovering its input."""
+    stem, block, _ = split_model(c.model)
+    with torch.no_grad():
+        state = stem(c.x)
+        out = block(state)
+    if state.ndim != 2:
+        raise ValueError(f"needs a vector state (B, d), got shape {tuple(state.shape)}")
+    ranks = jacobian_ranks(block, state[:256]).double()
+    return {"dim": int(state.shape[1]), "rank_points": len(ranks), "rank_mean": float(ranks.mean()),
+            "rank_min": float(ranks.min()), "r2": held_out_recoverability(state, out)}
+
+
+register_measurement("identity_init", "identity", phase="init")(_block_info)
+
+
+@register_measurement("identity", "identity")
+def _identity(c: Context) -> dict[str, Any]:
+    out = _block_info(c)
+    x = c.x.reshape(len(c.x), -1)
+    d = x.shape[1]
+    widths = sorted({max(1, round(d * f)) for f in (1 / 8, 1 / 4, 1 / 2, 1, 2, 4)})
+    info = random_layer_info(x, widths, seed=c.cfg.seed)
+    out["random_layers"] = {"dim": info.dim, "widths": info.widths, "r2": info.r2, "rank": info.rank}
+    return out
+
+
+def lesion_ks(steps: int) -> list[int]:
+    """How many random blocks ``analysis.lesion`` deletes at once: ``1, 2, 4, ...`` below ``steps``."""
+    return [2**i for i in range(steps.bit_length()) if 2**i < steps]
+
+
+def _lesion_stack(c: Context) -> ResidualStack:
+    block = c.model.block
+    if not isinstance(block, ResidualStack):
+        raise ValueError("lesions need a discrete stack (block=residual or plain, a fixed-step solver)")
+    return block
+
+
+def _relative_updates(c: Context) -> dict[str, Any]:
+    """The relative update per block on the analysis points, and its evenness."""
+    with torch.no_grad():
+        rel = relative_updates(c.model, c.x)
+    even = evenness(rel)
+    return {"relative_update": _floats(rel), "evenness_entropy": even.entropy, "evenness_cv": even.cv,
+            "evenness_min_share": even.min_share}
+
+
+@register_measurement("lesion_init", "lesion", phase="init")
+def _lesion_init(c: Context) -> dict[str, Any]:
+    """The relative updates at initialisation: the control for their evenness after training."""
+    _lesion_stack(c)
+    return _relative_updates(c)
+
+
+@register_measurement("lesion", "lesion")
+def _lesion(c: Context) -> dict[str, Any]:
+    """Veit et al. (2016)'s lesions of a stack on the test set (the analysis points without one), and its relative
+    updates on the analysis points."""
+    block = _lesion_stack(c)
+    x, y = c.test if c.test is not None else (c.x, c.y)
+    if torch.is_floating_point(y):
+        raise ValueError("lesion accuracy needs a classification task")
+    ks = lesion_ks(block.steps)
+    with torch.no_grad():
+        intact = float((c.model(x).argmax(dim=-1) == y).double().mean())
+        single = single_lesions(c.model, x, y)
+        rand = random_lesions(c.model, x, y, ks, draws=c.cfg.lesion_draws, seed=c.cfg.seed)
+    return {"split": "test" if c.test is not None else "train", "points": len(x), "steps": block.steps,
+            "step_size": block.T / block.steps, "intact_accuracy": intact, "single": _floats(single),
+            "random_k": ks, "random": [_floats(row) for row in rand], **_relative_updates(c)}
+
+
 def _run(phase: str, c: Context) -> dict[str, Any]:
     out: dict[str, Any] = {}
     was_training = c.model.training
@@ -208,7 +305,8 @@ def at_init(model: Classifier, x: Tensor, y: Tensor, loss_fn: LossFn, cfg: Analy
 
 def after_training(
     model: Classifier, x: Tensor, y: Tensor, loss_fn: LossFn, cfg: AnalysisConfig,
-    init_state: dict[str, Tensor] | None = None,
+    init_state: dict[str, Tensor] | None = None, test: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Every enabled measurement on the trained model (``init_state``: the weights at init, for ``interpolation``)."""
-    return _run("trained", Context(model, x, y, loss_fn, cfg, init_state))
+    """Every enabled measurement on the trained model (``init_state``: the weights at init, for ``interpolation``;
+    ``test``: the test set, for ``lesion``)."""
+    return _run("trained", Context(model, x, y, loss_fn, cfg, init_state, test))

@@ -50,9 +50,12 @@ POSITIVE = Range(0, low_open=True)
 COUNT = Range(1, integer=True)
 NONNEG = Range(0)
 
+#: ``threads=auto``: one intra-op thread (``odenet.runner.accel.resolve_threads``).
+THREADS_AUTO = "auto"
+
 #: Every numeric setting and its allowed range.
 RANGES: dict[str, Range] = {
-    "threads": Range(1, integer=True, optional=True),
+    "threads": Range(1, integer=True, optional=True, hint="or auto (one thread)"),
     "data.n_train": Range(1, integer=True, optional=True),
     "data.n_test": Range(1, integer=True, optional=True),
     "data.seed": Range(0, integer=True),
@@ -82,6 +85,7 @@ RANGES: dict[str, Range] = {
     "trainer.log_every": COUNT,
     "trainer.checkpoint_every": COUNT,
     "trainer.eval_batch_size": COUNT,
+    "trainer.ensemble": COUNT,
     "adaptation.every": COUNT,
     "adaptation.threshold": Range(0, 1, hint="a fraction of the batch (0.1 = 10 points)"),
     "adaptation.accuracy_factor": Range(0, low_open=True, optional=True),
@@ -92,6 +96,9 @@ RANGES: dict[str, Range] = {
     "adaptation.min_step_size": Range(0, low_open=True, optional=True),
     "regularization.kinetic": NONNEG,
     "regularization.jacobian": NONNEG,
+    "growth.at": Range(0, 1, low_open=True, high_open=True, hint="a fraction of the training iterations"),
+    "growth.insert": COUNT,
+    "growth.factor": Range(2, integer=True),
     "analysis.gradient_times": COUNT,
     "analysis.grid": Range(2, integer=True),
     "analysis.span": POSITIVE,
@@ -100,6 +107,9 @@ RANGES: dict[str, Range] = {
     "analysis.trace_samples": Range(2, integer=True),
     "analysis.adaptive_rtol": POSITIVE,
     "analysis.adaptive_atol": POSITIVE,
+    "analysis.shattering_lines": COUNT,
+    "analysis.shattering_points": Range(4, integer=True),
+    "analysis.lesion_draws": COUNT,
     "analysis.points": COUNT,
 }
 EVAL_RANGES: dict[str, Range] = {
@@ -124,7 +134,9 @@ def check_range(key: str, value: Any, rule: Range) -> None:
 def check_ranges(cfg: Any) -> None:
     """Every numeric setting of ``cfg`` within its range (a ConfigError naming the key otherwise)."""
     for key, rule in RANGES.items():
-        check_range(key, _get(cfg, key), rule)
+        value = _get(cfg, key)
+        if not (key == "threads" and value == THREADS_AUTO):
+            check_range(key, value, rule)
     for i, m in enumerate(cfg.optimizer.milestones):
         check_range(f"optimizer.milestones[{i}]", m, Range(0, 1, low_open=True, high_open=True))
     for i, ev in enumerate(cfg.evaluation.solvers):

@@ -141,10 +141,11 @@ class RunDir:
     def load_model(self, device: str = "cpu") -> Any:
         """The trained model: the config's architecture with ``model.pt`` loaded (``weights_only=True``); cached."""
         if device not in self._models:
-            from .build import build_model_for
+            from .build import build_model_for, grown_block
 
             cfg = self.config
             model = build_model_for(cfg)
+            model.block = grown_block(cfg, model.block)  # grown during training (growth.mode): the grown architecture
             model.load_state_dict(self._load_torch(self.file(self.MODEL), device))
             metrics = self.metrics or {}
             step_size = (metrics.get("train") or {}).get("step_size")

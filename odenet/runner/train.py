@@ -9,6 +9,8 @@ the data and the model have passed every check; every file is written atomically
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,12 @@ from ..blocks import NonFiniteStateError, SolverError
 from ..data import Dataset, load_dataset
 from ..models import Classifier, count_parameters, format_parameters, parameter_breakdown
 from . import measure
-from .accel import compile_field, describe_precision, grad_scaler, resolve_device, seed_everything
+from .accel import apply_threads, compile_block, describe_precision, grad_scaler, resolve_device, seed_everything
 from .adaptation import StepSizeAdaptation
 from .build import build_model, build_optimizer
 from .config import Config
 from .evaluate import NonFiniteOutput, evaluate, run_evaluations, train_record
+from .growth import Growth
 from .loop import (
     BatchSampler,
     Trainer,
@@ -79,8 +82,7 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
     run, key = RunDir(out_dir), fingerprint(resolved)
     device = resolve_device(cfg.device)
     with run.lock():
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
+        apply_threads(cfg.threads)  # auto: 1; in every process a run starts in (joblib workers too)
         seed_everything(cfg.seed)
         data = load_data(cfg)
         model = build_model(cfg, data.input_shape, data.num_classes).to(device)
@@ -91,8 +93,35 @@ def train_and_evaluate(cfg: Config, out_dir: Path, overrides: dict[str, str] | N
 
 def _train(cfg: Config, run: RunDir, key: str, model: Classifier, data: Dataset, device: torch.device,
            checkpoint: dict[str, Any] | None, overrides: dict[str, str]) -> Metrics:
+    job = prepare(cfg, run, key, model, data, device, checkpoint, overrides)
+    return finish(job, lambda: job.trainer.fit(job.state, job.x_train, job.y_train, data.task))
+
+
+@dataclass
+class Job:
+    """A run built, measured at init and (when resuming) restored by :func:`prepare`, ready to train."""
+
+    cfg: Config
+    run: RunDir
+    model: Classifier
+    data: Dataset
+    device: torch.device
+    trainer: Trainer
+    state: TrainState
+    metrics: Metrics
+    analysis: dict[str, Any]
+    loss_fn: Callable[..., torch.Tensor]
+    x_analysis: torch.Tensor
+    y_analysis: torch.Tensor
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+
+
+def prepare(cfg: Config, run: RunDir, key: str, model: Classifier, data: Dataset, device: torch.device,
+            checkpoint: dict[str, Any] | None, overrides: dict[str, str]) -> Job:
+    """Everything before training: measurements at init, optimiser, trainer, the metrics so far, resuming."""
     if cfg.trainer.compile:
-        compile_field(model)  # in place: state_dict keys unchanged, shared by every with_solver block
+        compile_block(model)  # the block's whole solve; state_dict keys unchanged; with_solver copies compiled too
     loss_fn = loss_function(data.task)
     n_analysis = min(cfg.analysis.points, len(data.x_train))
     x_analysis, y_analysis = data.x_train[:n_analysis].to(device), data.y_train[:n_analysis].to(device)
@@ -106,6 +135,8 @@ def _train(cfg: Config, run: RunDir, key: str, model: Classifier, data: Dataset,
     optimizer, scheduler = build_optimizer(cfg, model, total)
     trainer = Trainer(cfg, model, optimizer, scheduler, BatchSampler(len(data.x_train), cfg.trainer.batch_size,
                       cfg.seed), grad_scaler(model, device), adapter, run, key, total)
+    if cfg.growth.mode != "none":  # set before restoring: a checkpoint taken after the growth holds a grown block
+        trainer.growth = Growth(cfg, total, data.x_train.to(device), data.y_train.to(device), x_analysis, data.task)
     metrics: Metrics = {
         "status": "running", "reason": None, "seed": cfg.seed, "overrides": dict(overrides), "task": data.task,
         "threads": torch.get_num_threads(), "fingerprint": key, "smoke": bool(cfg.smoke),
@@ -131,8 +162,18 @@ def _train(cfg: Config, run: RunDir, key: str, model: Classifier, data: Dataset,
 
     trainer.tracker = make_tracker(cfg.logger, run.path, state.iteration)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    return Job(cfg, run, model, data, device, trainer, state, metrics, analysis, loss_fn, x_analysis, y_analysis,
+               x_train, y_train)
+
+
+def finish(job: Job, fit: Callable[[], TrainState]) -> Metrics:
+    """Train (``fit()`` returns the final state), then evaluate, measure and write ``metrics.json``."""
+    cfg, run, model, data, device, metrics, analysis = (job.cfg, job.run, job.model, job.data, job.device,
+                                                        job.metrics, job.analysis)
+    adapter, loss_fn, x_train, y_train = job.trainer.adapter, job.loss_fn, job.x_train, job.y_train
+    x_analysis, y_analysis = job.x_analysis, job.y_analysis
     try:
-        state = trainer.fit(state, x_train, y_train, data.task)
+        state = fit()
         train_eval = evaluate(model, x_train, y_train, cfg.trainer.eval_batch_size, data.task)
     except (TrainingDiverged, SolverError, NonFiniteOutput, NonFiniteStateError) as err:
         if isinstance(err, (NonFiniteOutput, NonFiniteStateError)):
@@ -151,13 +192,16 @@ def _train(cfg: Config, run: RunDir, key: str, model: Classifier, data: Dataset,
         train_loss=train_eval["loss"], train_accuracy=train_eval["accuracy"],
         **({"step_sizes": list(steps.values())} if steps else {}),
     )
+    if job.trainer.growth is not None:
+        metrics["train"]["growth"] = job.trainer.growth.record
     if data.x_val is not None and data.y_val is not None:
         metrics["validation"] = evaluate(model, data.x_val.to(device), data.y_val.to(device),
                                          cfg.trainer.eval_batch_size, data.task)
     metrics["evaluations"] = run_evaluations(cfg, model, data, device)
     if measure.enabled(cfg.analysis):
         init_state = analysis.pop("_init_state", None)  # taken before any checkpoint was loaded: the init
-        analysis.update(measure.after_training(model, x_analysis, y_analysis, loss_fn, cfg.analysis, init_state))
+        test = (data.x_test.to(device), data.y_test.to(device))
+        analysis.update(measure.after_training(model, x_analysis, y_analysis, loss_fn, cfg.analysis, init_state, test))
         metrics["analysis"] = analysis
     metrics["status"] = "ok"
     run.write_metrics(metrics)

@@ -58,6 +58,9 @@ def validate(cfg: Config) -> None:
     _check_model(cfg)
     _check_solver(cfg)
     _check_adaptation(cfg)
+    _check_growth(cfg)
+    if cfg.trainer.ensemble > 1:
+        _check_ensemble(cfg)
 
 
 def _check_device(name: str) -> None:
@@ -96,6 +99,38 @@ def _check_solver(cfg: Config) -> None:
                           f"not {s.name}")
 
 
+def _check_growth(cfg: Config) -> None:
+    """The ``growth`` section fits the block it grows (``odenet.runner.growth``)."""
+    from .growth import GROWING, GROWTH_MODES
+
+    g = cfg.growth
+    check_choice("growth.mode", g.mode, list(GROWTH_MODES))
+    if g.mode not in GROWING:
+        return
+    fix = "or set growth.mode=none"
+    if cfg.block.kind not in ("residual", "plain") or is_adaptive(cfg.solver.name):
+        raise ConfigError(f"growth.mode={g.mode} grows a fixed-step stack: use block=residual or block=plain with "
+                          f"a fixed solver.name, not block.kind={cfg.block.kind} solver.name={cfg.solver.name}; {fix}")
+    if g.mode == "refine" and cfg.block.kind != "residual":
+        raise ConfigError(f"growth.mode=refine refines the step size: block.kind={cfg.block.kind} has none; use "
+                          f"block=residual, or growth.mode=identity / default (new layers) {fix}")
+    if g.mode != "refine":
+        if not cfg.field.untied or cfg.solver.name != "euler":
+            raise ConfigError(f"growth.mode={g.mode} inserts layers into an untied Euler stack: set field.untied=true "
+                              f"and solver.name=euler (now {cfg.field.untied} / {cfg.solver.name}), or use "
+                              f"growth.mode=refine for a tied field")
+        if g.mode == "identity" and cfg.field.kind == "conv" and cfg.field.groupnorm:
+            raise ConfigError("growth.mode=identity zeroes the field's last conv: it needs field.groupnorm=false "
+                              "(a norm after it is not zero); use growth.mode=default")
+    if cfg.optimizer.schedule != "none":
+        raise ConfigError(f"growth.mode={g.mode} adds parameters mid-run, which a learning-rate schedule does not "
+                          f"follow: set optimizer.schedule=none (now {cfg.optimizer.schedule}), {fix}")
+    for key, on in (("adaptation.enabled", cfg.adaptation.enabled), ("trainer.compile", cfg.trainer.compile),
+                    ("trainer.ensemble > 1", cfg.trainer.ensemble > 1)):
+        if on:
+            raise ConfigError(f"growth.mode={g.mode} cannot be combined with {key}: turn that off, {fix}")
+
+
 def _check_adaptation(cfg: Config) -> None:
     """The ``adaptation`` section makes sense with the rest of the config."""
     a = cfg.adaptation
@@ -116,3 +151,23 @@ def _check_adaptation(cfg: Config) -> None:
     hi = a.max_step_size if a.max_step_size is not None else cfg.block.T
     if lo > hi:
         raise ConfigError(f"adaptation.min_step_size ({lo:g}) must not exceed adaptation.max_step_size ({hi:g})")
+
+
+def _check_ensemble(cfg: Config) -> None:
+    """``trainer.ensemble=K`` batches K seeds into one training: refuse what would couple the members or break the
+    match with K separate runs (odenet.runner.ensemble)."""
+    k, r = cfg.trainer.ensemble, cfg.regularization
+    refused = [
+        (is_adaptive(cfg.solver.name), f"solver.name={cfg.solver.name} (an adaptive solver's step control would "
+         "be shared by every member)", "use a fixed-step solver"),
+        (cfg.block.kind == "ode", "block=ode (torchdiffeq)", "use block=residual, plain or learned_steps"),
+        (cfg.adaptation.enabled, "adaptation.enabled=true (one step size adapted per run)", ""),
+        (cfg.data.augment != "none", f"data.augment={cfg.data.augment} (draws from each run's global RNG)", ""),
+        (r.kinetic > 0 or r.jacobian > 0, "regularization.kinetic / .jacobian", ""),
+        (cfg.trainer.amp, "trainer.amp=true", ""),
+        (cfg.trainer.compile, "trainer.compile=true", ""),
+    ]
+    for bad, what, fix in refused:
+        if bad:
+            raise ConfigError(f"trainer.ensemble={k} cannot batch {what}: {fix + ', or ' if fix else ''}train the "
+                              "seeds as separate runs (trainer.ensemble=1)")

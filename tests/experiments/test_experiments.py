@@ -118,6 +118,21 @@ def test_refinement_changes_are_paired_by_seed():
     assert cells[("dopri5", None)] == [(0.7, pytest.approx(-0.2)), (0.5, pytest.approx(-0.1))]
 
 
+def test_an_adaptively_trained_model_counts_each_seed_once():
+    """A dopri5-trained model evaluated at its training tolerance and at the tight one: the reference cell holds
+    the tight evaluation, one entry per seed (not two), so the table's seed count is the number of runs."""
+    def row(seed, rtol, acc):
+        return {"train_solver": "dopri5", "train_steps": None, "train_step_size": None, "test_solver": "dopri5",
+                "test_steps": None, "test_step_size": None, "rtol": rtol, "atol": rtol,
+                "is_train_solver": rtol == 1e-3, "accuracy": acc, "loss": 0.0, "nfe": 20.0, "seed": seed,
+                "status": "ok", "reason": None, "run_dir": str(seed)}
+
+    rows = [row(0, 1e-3, 0.9), row(0, 1e-5, 0.8), row(1, 1e-3, 0.7), row(1, 1e-5, 0.7)]
+    (cells,) = refinement.paired_changes(rows).values()
+    assert cells[("dopri5", None)] == [(0.8, pytest.approx(-0.1)), (0.7, 0.0)]
+    assert "(2 seeds)" in refinement.refinement_tables(rows)
+
+
 def test_threads_must_be_positive():
     from odenet.runner.validate import validate as check_config
 

@@ -184,3 +184,15 @@ def test_the_precheck_needs_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.strip()
     assert out == "False"
+
+
+def test_a_data_choice_an_experiment_overrides_is_an_error_not_ignored():
+    """``data=X`` that a later config (an experiment's task or setup file) overrides would train on other data."""
+    error = precheck(["+experiment=block_lesion_mnist1d", "data=digits"])
+    assert error and "data=digits" in error and "data.name=mnist1d" in error and "add data.name=digits" in error
+    assert precheck(["+experiment=block_lesion_mnist1d", "data=digits", "data.name=digits"]) is None
+    # the shared digits setup takes the data group's choice
+    assert precheck(["+experiment=degradation", "data=mnist1d"]) is None
+    assert load_config(["+experiment=degradation", "data=mnist1d"]).data.name == "mnist1d"
+    assert load_config(["+experiment=regularization", "+reg_task=digits"]).data.name == "digits"
+    assert load_config(["+experiment=learned_steps", "+learned_task=digits"]).data.name == "digits"

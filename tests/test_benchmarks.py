@@ -1,0 +1,36 @@
+"""``benchmarks/peers.py --quick`` runs in seconds and prints every contender's row (peers absent: one line each)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+PEERS = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def test_peers_quick_prints_a_row_per_contender(capsys):
+    spec = importlib.util.spec_from_file_location("peers", PEERS)
+    assert spec is not None and spec.loader is not None
+    peers = importlib.util.module_from_spec(spec)
+    sys.modules["peers"] = peers  # dataclasses look their module up
+    spec.loader.exec_module(peers)
+    assert peers.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "contender" not in line]
+    names = {line.split(" | ")[1] for line in rows}
+    assert {"hand loop (euler)", "odenet ResidualStack", "odenet ODEBlock", "torchdiffeq odeint"} <= names
+    assert len({line.split(" | ")[0] for line in rows}) == 4  # euler and dopri5 at two sizes
+    for peer, row in (("torchode", "torchode"), ("torchdyn", "torchdyn odeint")):
+        assert (row in names) == _installed(peer)
+        assert (f"skipped: {peer} (not installed" in out) != _installed(peer)
+    hand = [line for line in rows if "hand loop" in line]
+    assert all("| 1.00x |" in line for line in hand)
+    assert "skipped: odenet ResidualStack compiled (--quick; add --compile)" in out

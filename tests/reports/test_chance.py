@@ -171,6 +171,21 @@ def test_degradation_rests_on_its_controls(tmp_path: Path, deep_residual: float,
         assert lines.headlines == ["**Degradation: plain vs residual in depth** — " + WITHHELD.format(*withheld)]
 
 
+def test_degradation_needs_one_step_size_per_block_and_depth(tmp_path: Path):
+    """block_lesion's sweep holds residual nets at h = 1 and h = 1/N at each depth: no single curve per block, so
+    no Degradation section (pooling them would mix two regimes)."""
+    for i, (block, n, acc) in enumerate([("plain", 2, 0.9), ("plain", 8, 0.8), ("residual", 2, 0.9),
+                                         ("residual", 8, 0.9), ("residual", 2, 0.9), ("residual", 8, 0.9)]):
+        metrics = _stack(block, n, acc)
+        if i >= 4:
+            metrics["train"]["step_size"] = 1.0  # T = N
+        _job(tmp_path, str(i), metrics)
+    assert degradation_section(ReportContext.load(tmp_path)) is None
+    for i in (4, 5):
+        (tmp_path / str(i) / "metrics.json").unlink()
+    assert degradation_section(ReportContext.load(tmp_path)) is not None
+
+
 def test_a_sweep_whose_job_raised_still_writes_its_report(tmp_path: Path):
     """A job that raised ends Hydra's multirun with an error before on_multirun_end; the callback writes the
     report at exit all the same, marking the job that failed (metrics.json says failed) and the one that left

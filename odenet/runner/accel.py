@@ -50,9 +50,9 @@ def resolve_threads(setting: Any) -> int | None:
         return None
     if setting == THREADS_AUTO:
         return 1
-    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+    if isinstance(setting, bool) or not isinstance(setting, (int, float)) or setting != int(setting) or setting < 1:
         raise ValueError(f"threads must be auto, null or an integer >= 1, got {setting!r}")
-    return setting
+    return int(setting)  # 2.0 passes the range check (an integral value): the same as 2
 
 
 def apply_threads(setting: Any) -> int:

@@ -277,7 +277,9 @@ def defining(config: dict[str, Any]) -> dict[str, Any]:
             flat[prefix[:-1]] = node
 
     walk(config, "")
-    if flat.get("optimizer.schedule", "none") == "none":  # a constant lr: a longer run continues a shorter one
+    constant_lr = flat.get("optimizer.schedule", "none") == "none"
+    if constant_lr and flat.get("growth.mode", "none") == "none":  # a longer run continues a shorter one (growth
+        # happens at a fraction of the iterations: there the budget defines the model)
         flat.pop("trainer.iterations", None)
         flat.pop("trainer.epochs", None)
     return {k: v for k, v in flat.items()

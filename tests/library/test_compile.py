@@ -32,6 +32,12 @@ def test_an_ode_block_refuses_to_compile_whole_and_names_the_field():
 def test_uniform_grid_cache_is_filled_by_eager_calls_only():
     stack = ResidualStack(MLPField(2, 8), steps=3, scheme="midpoint")
     x = torch.randn(4, 2)
+    compiled = ResidualStack(MLPField(2, 8), steps=3, scheme="midpoint")
+    compiled.compile(backend="eager")  # dynamo traces the solve (no code generation: cheap)
+    y = compiled(x)
+    assert compiled._grids == {}  # the traced call builds its grid in the graph, not in the cache
+    assert torch.allclose(y, compiled.forward(x))  # eager (forward itself, not compiled): the same grid, cached
+    assert len(compiled._grids) == 1
     stack(x)
     (grid,) = stack._grids.values()
     assert torch.allclose(torch.stack(grid), torch.tensor([0.0, 1 / 6, 1 / 3, 1 / 2, 2 / 3, 5 / 6]))

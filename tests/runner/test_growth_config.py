@@ -118,3 +118,24 @@ def test_a_resumed_grown_run_matches_an_uninterrupted_one(tmp_path, monkeypatch,
     assert resumed["train"]["growth"] == reference["train"]["growth"]
     assert json.loads((out / "metrics.json").read_text()) == json.loads((tmp_path / "ref" / "run" /
                                                                          "metrics.json").read_text())
+
+
+def test_a_grown_run_refuses_to_resume_with_another_budget(tmp_path, monkeypatch):
+    """The growth point is a fraction of the iterations, so with growth the budget defines the model: a run resumed
+    with other trainer.iterations would never grow (or grow elsewhere), so it is refused like any changed key."""
+    from odenet.runner.rundir import RunDirError
+
+    save = RunDir.save_checkpoint
+
+    def save_then_crash(self, ckpt):
+        save(self, ckpt)
+        if ckpt["iteration"] == 4:
+            raise Crash
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_crash)
+    out = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        train_and_evaluate(load_config([*UNTIED, "growth.mode=default", "growth.at=0.75"]), out)
+    monkeypatch.undo()
+    with pytest.raises(RunDirError, match="trainer.iterations"):
+        train_and_evaluate(load_config([*UNTIED, "growth.mode=default", "growth.at=0.75", "trainer.iterations=4"]), out)

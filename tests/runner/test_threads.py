@@ -26,6 +26,7 @@ def two_threads():
 
 def test_resolve_threads_reads_auto_as_one_and_refuses_the_rest():
     assert resolve_threads("auto") == 1 and resolve_threads(3) == 3 and resolve_threads(None) is None
+    assert resolve_threads(2.0) == 2 and isinstance(resolve_threads(2.0), int)  # passes the range check: accepted
     for bad in (0, -1, "two", 1.5, True):
         with pytest.raises(ValueError, match="threads must be auto, null or an integer >= 1"):
             resolve_threads(bad)

@@ -41,7 +41,7 @@ def _train_ensemble(cfg: DictConfig, out_dir: Path) -> dict:
     naming = None
     if hc.mode == RunMode.MULTIRUN:
         od = hc.job.config.override_dirname
-        naming = SweepNaming(Path(hc.sweep.dir), list(od.exclude_keys), od.item_sep, od.kv_sep)
+        naming = SweepNaming(Path(hc.runtime.cwd) / hc.sweep.dir, list(od.exclude_keys), od.item_sep, od.kv_sep)
     runs = member_runs(cfg, out_dir, list(hc.overrides.task), naming)  # type: ignore[arg-type]
     return train_ensemble(cfg, runs)[0]  # type: ignore[arg-type,return-value]
 

@@ -406,6 +406,8 @@ def shadowed_data_choice(overrides: Sequence[str], cfg: DictConfig) -> str | Non
     file) sets another ``data.name``: the choice would be silently ignored."""
     from omegaconf import OmegaConf
 
+    if any(o.partition("=")[0].lstrip("+~") == "data.name" for o in overrides):
+        return None  # the data set named outright: that is the choice
     for o in overrides:
         key, _, value = o.partition("=")
         if key.lstrip("+~") != "data" or not value:

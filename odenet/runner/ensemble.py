@@ -15,7 +15,9 @@ Every member is written to the run folder its separate run would use (:func:`mem
 ``metrics.json``; evaluation and measurements run on each unstacked member through the ordinary path
 (:func:`odenet.runner.train.finish`). Resuming works when every member's checkpoint is at the same iteration
 (as an interrupted ensemble leaves them) and is refused otherwise. A member whose loss stops being finite fails
-as its separate run would (its ``metrics.json`` says so) while the others train on.
+as its separate run would (its ``metrics.json`` says so) while the others train on; so does one whose state
+stops being finite before its block (found by running that member's own forward, which raises what its separate
+run raises).
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ..blocks import NonFiniteStateError, SolverError
 from ..fields import Augment, DepthIndexedField, MLPField
 from ..models import Classifier
 from ..stack import ResidualStack
 from .accel import apply_threads, resolve_device, seed_everything
 from .build import build_model
 from .config import Config, job_dir_name
+from .evaluate import NonFiniteOutput
 from .loop import TrainingDiverged, diverged, loss_function
 from .rundir import Metrics, RunDir, RunDirError, fingerprint
 from .train import Job, finish, load_data, prepare
@@ -85,7 +89,7 @@ def member_runs(cfg: Config, out_dir: Path, task: Sequence[str], naming: SweepNa
     beside ``out_dir``.
     """
     base = [o for o in task if _key(o) != KEY]
-    named = naming is not None and naming.folder(base) == Path(out_dir)
+    named = naming is not None and naming.folder(base).resolve() == Path(out_dir).resolve()
     out = [(Path(out_dir), {_key(o): o.partition("=")[2] for o in base})]
     for i in range(1, cfg.trainer.ensemble):
         seed = cfg.seed + i
@@ -132,7 +136,11 @@ def train_ensemble(cfg: Config, runs: Sequence[tuple[Path, dict[str, str]]]) -> 
     raised then.
     """
     with prepared_members(cfg, runs) as (jobs, rngs):
-        errors = Ensemble(jobs, rngs).fit()
+        ensemble = Ensemble(jobs, rngs)
+        try:
+            errors = ensemble.fit()
+        except (TrainingDiverged, SolverError, NonFiniteOutput, NonFiniteStateError) as err:  # no member's alone:
+            errors = [e if e is not None else err for e in ensemble.errors]  # every member is written failed
         results, first = [], None
         for job, err in zip(jobs, errors):
             try:
@@ -203,6 +211,7 @@ class Ensemble:
 
     def __init__(self, jobs: list[Job], rngs: list[torch.Tensor], fast: bool = True) -> None:
         self.jobs, self.rngs, self.k = jobs, rngs, len(jobs)
+        self.errors: list[BaseException | None] = [None] * self.k  # each member's error so far (None: training)
         if any(j.trainer.adapter is not None or getattr(j.trainer, "growth", None) is not None for j in jobs):
             raise ValueError(f"{KEY}={self.k} trains a fixed model per member: adaptation and growth change it per "
                              f"run; train the seeds as separate runs ({KEY}=1)")  # validate refuses both first
@@ -232,10 +241,16 @@ class Ensemble:
         """The block whose forward ran (its solver statistics are every member's)."""
         return (self.batched if self.batched is not None else self.base).block
 
-    def step(self, losses: torch.Tensor) -> None:
-        """One optimiser step on every member: the gradient of the sum of the (finite) member losses."""
+    def step(self, losses: torch.Tensor, alive: Sequence[int] | None = None) -> None:
+        """One optimiser step on every member: the gradient of the sum of the (finite) losses of the ``alive``
+        members (default all); a retired member's gradient is zero, so its zeroed slice stays zero."""
         self.optimizer.zero_grad(set_to_none=True)
-        torch.where(torch.isfinite(losses), losses, torch.zeros_like(losses)).sum().backward()
+        keep = torch.isfinite(losses)
+        if alive is not None:
+            chosen = torch.zeros_like(keep)
+            chosen[list(alive)] = True
+            keep &= chosen
+        torch.where(keep, losses, torch.zeros_like(losses)).sum().backward()
         self.optimizer.step()
 
     def losses(self, xb: torch.Tensor, yb: torch.Tensor, loss_fn: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,7 +288,7 @@ class Ensemble:
         cfg, task, total = job0.cfg, job0.data.task, job0.trainer.total
         loss_fn, regression = loss_function(task), task == "regression"
         x_train, y_train = job0.x_train, job0.y_train
-        errors: list[BaseException | None] = [None] * k
+        errors = self.errors
         start, t0 = job0.state.iteration, time.perf_counter()
         for model in (self.base, self.batched):
             if model is not None:
@@ -283,19 +298,25 @@ class Ensemble:
             for it in range(start, total):
                 idx = torch.stack([j.trainer.sampler.next() for j in jobs]).to(x_train.device)
                 xb, yb = x_train[idx], y_train[idx]
-                losses, logits = self.losses(xb, yb, loss_fn)
+                out = self._forward(xb, yb, loss_fn)
+                if out is None:
+                    break
+                losses, logits = out
+                nfe_forward = self.block.nfe
                 values = losses.detach().cpu().tolist()
                 dead = [i for i, v in enumerate(values) if errors[i] is None and not np.isfinite(v)]
-                for i in dead:
-                    errors[i] = diverged(values[i], it + 1, cfg)
+                for i in dead:  # as its separate run: its forward raised (vmap checks no state), or its loss
+                    errors[i] = self._own_error(i, xb[i]) or diverged(values[i], it + 1, cfg)
                 alive = [i for i in range(k) if errors[i] is None]
                 if not alive:
                     break
-                nfe_forward = self.block.nfe
-                self.step(losses)
+                self.step(losses, alive)
                 for i in dead:
                     self._retire(i)
                 self._schedule(it, errors, alive)
+                alive = [i for i in alive if errors[i] is None]  # a rate out of range: no row, no checkpoint
+                if not alive:
+                    break
                 correct = None if regression else (logits.argmax(-1) == yb).sum(-1).tolist()
                 done = it + 1
                 log_now = done % cfg.trainer.log_every == 0 or done == total
@@ -311,6 +332,36 @@ class Ensemble:
             if errors[i] is None:
                 self.sync(i)
         return errors
+
+    def _forward(self, xb: torch.Tensor, yb: torch.Tensor, loss_fn: Any
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:meth:`losses` of the members; when the shared forward raises (a state not finite, a failed solve), the
+        members whose own forward raises fail with that error and are retired, and the rest run again (None: no
+        member left). If no member fails alone, the shared error is every remaining member's."""
+        while True:
+            try:
+                return self.losses(xb, yb, loss_fn)
+            except (NonFiniteStateError, SolverError) as shared:
+                alive = [i for i in range(self.k) if self.errors[i] is None]
+                own = {i: self._own_error(i, xb[i]) for i in alive}
+                failed = {i: e for i, e in own.items() if e is not None} or dict.fromkeys(alive, shared)
+                for i, err in failed.items():
+                    log.error("ensemble member seed %d: %s", self.jobs[i].cfg.seed, err)
+                    self.errors[i] = err
+                    self._retire(i)
+                if all(e is not None for e in self.errors):
+                    return None
+
+    def _own_error(self, i: int, x: torch.Tensor) -> BaseException | None:
+        """What member ``i``'s own forward on its batch ``x`` raises, as in its separate run (None: nothing)."""
+        params = {n: p[i].detach() for n, p in self.params.items()}
+        buffers = {n: b[i] for n, b in self.buffers.items()}
+        try:
+            with torch.no_grad():
+                functional_call(self.base, (params, buffers), (x,))
+        except (NonFiniteStateError, SolverError) as err:
+            return err
+        return None
 
     def _retire(self, i: int) -> None:
         """Zero a diverged member's slice of the parameters and optimiser state, so that its NaNs reach no check

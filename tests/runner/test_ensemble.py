@@ -227,19 +227,22 @@ def test_a_sweep_writes_each_member_where_its_own_job_would(tmp_path):
     import subprocess
     import sys
 
+    # a relative sweep dir (as the default multirun/...): Hydra's job folders are absolute, under the cwd
     args = ["-m", "+debug=smoke", "data=sphere2", "block=plain,residual", "seed=0", "trainer.ensemble=2",
-            f"hydra.sweep.dir={tmp_path}"]
+            "hydra.sweep.dir=rel/sweep"]
     done = subprocess.run([sys.executable, "-m", "odenet.run", *args], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    sweep = tmp_path / "rel" / "sweep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rel"]  # nothing beside the sweep
+    folders = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert folders == [f"block={b},data=sphere2,seed={s}" for b in ("plain", "residual") for s in (0, 1)]
     for name in folders:
-        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        metrics = json.loads((sweep / name / "metrics.json").read_text())
         named = dict(part.split("=") for part in name.split(","))
         assert metrics["status"] == "ok" and metrics["seed"] == int(named["seed"])
         assert {k: v for k, v in metrics["overrides"].items() if k != "debug"} == named  # no trainer.ensemble
-    assert (tmp_path / "summary.csv").is_file()
+    assert (sweep / "summary.csv").is_file()
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -258,3 +261,90 @@ def test_one_diverged_member_leaves_the_others_training_as_their_separate_runs(t
             own = torch.load(tmp_path / "sep" / f"seed={i}" / "model.pt", weights_only=True)
             for name, value in jobs[i].model.state_dict().items():
                 torch.testing.assert_close(value, own[name], rtol=1e-4, atol=1e-5)
+
+
+POISON_AT = 4  #: the training iteration at whose start member 1's lift weights turn NaN
+
+
+def _poison_stem(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` whose lift (``stem.1``, before the block) turns NaN at its ``POISON_AT``-th training forward."""
+    calls = [0]
+
+    def hook(module, args):
+        if module.training:
+            calls[0] += 1
+            if calls[0] == POISON_AT:
+                with torch.no_grad():
+                    module[1].weight.fill_(float("nan"))
+
+    model.stem.register_forward_pre_hook(hook)
+    return model
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_member_whose_state_goes_non_finite_fails_alone_as_its_separate_run(tmp_path, monkeypatch, fast):
+    import odenet.runner.ensemble as ensemble_module
+    import odenet.runner.train as train_module
+
+    overrides = ["trainer.log_every=1", "trainer.checkpoint_every=2"]
+    expected = separate(tmp_path / "sep", overrides, [0, 2])
+    build = train_module.build_model
+    monkeypatch.setattr(train_module, "build_model", lambda *a, **kw: _poison_stem(build(*a, **kw)))
+    with pytest.raises(TrainingDiverged, match="the model blew up in training"):
+        separate(tmp_path / "sep", overrides, [1])
+    monkeypatch.undo()
+
+    if not fast:
+        monkeypatch.setattr(ensemble_module, "batched_model", lambda *a: None)
+    losses, calls = Ensemble.losses, [0]
+
+    def poisoned(self, xb, yb, loss_fn):
+        calls[0] += 1
+        if calls[0] == POISON_AT:
+            assert (self.batched is not None) == fast
+            with torch.no_grad():
+                self.params["stem.1.weight"][1] = float("nan")
+        return losses(self, xb, yb, loss_fn)
+
+    monkeypatch.setattr(Ensemble, "losses", poisoned)
+    cfg, runs = ensemble_runs(tmp_path / "ens", overrides)
+    with pytest.raises(TrainingDiverged, match="the model blew up in training"):
+        train_ensemble(cfg, runs)
+    for s, (path, _) in enumerate(runs):
+        sep = tmp_path / "sep" / f"seed={s}"
+        ours, theirs = json.loads((path / "metrics.json").read_text()), json.loads((sep / "metrics.json").read_text())
+        if s == 1:
+            assert ours["status"] == "failed" and "initial state" in ours["reason"] and "not finite" in ours["reason"]
+            assert ours == theirs  # the same reason, to the count of NaN entries
+        else:
+            assert ours["status"] == "ok"
+            assert_close(ours, theirs, f"seed={s}")
+            assert_close(ours, expected[s // 2], f"seed={s}")
+        assert [r["iteration"] for r in history(path)] == [r["iteration"] for r in history(sep)]
+        ck_ours, ck_theirs = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (path, sep))
+        assert ck_ours["iteration"] == ck_theirs["iteration"] == (2 if s == 1 else 6)
+
+
+def test_a_learning_rate_out_of_range_ends_the_members_before_their_row_and_checkpoint(tmp_path):
+    class NaNRate:  # a schedule whose rate is NaN after its third step
+        def __init__(self, optimizer):
+            self.optimizer, self.steps = optimizer, 0
+
+        def step(self):
+            self.steps += 1
+            if self.steps == 3:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = float("nan")
+
+        def state_dict(self):
+            return {"steps": self.steps}
+
+    cfg, runs = ensemble_runs(tmp_path, ["trainer.log_every=1", "trainer.checkpoint_every=3"])
+    with prepared_members(cfg, runs) as (jobs, rngs):
+        for job in jobs:
+            job.trainer.scheduler = NaNRate(job.trainer.optimizer)
+        errors = Ensemble(jobs, rngs).fit()
+    for error, (path, _) in zip(errors, runs):  # as the loop of a separate run: rows 1, 2; no checkpoint at 3
+        assert isinstance(error, TrainingDiverged) and "gave learning rate nan at iteration 3" in str(error)
+        assert [r["iteration"] for r in history(path)] == ["1", "2"]
+        assert not (path / "checkpoint.pt").exists()

@@ -126,7 +126,9 @@ def _check_growth(cfg: Config) -> None:
         raise ConfigError(f"growth.mode={g.mode} adds parameters mid-run, which a learning-rate schedule does not "
                           f"follow: set optimizer.schedule=none (now {cfg.optimizer.schedule}), {fix}")
     for key, on in (("adaptation.enabled", cfg.adaptation.enabled), ("trainer.compile", cfg.trainer.compile),
-                    ("trainer.ensemble > 1", cfg.trainer.ensemble > 1)):
+                    ("trainer.ensemble > 1", cfg.trainer.ensemble > 1),
+                    # new layers: the init and trained parameter sets differ, no segment between them
+                    ("analysis.interpolation", cfg.analysis.interpolation and g.mode != "refine")):
         if on:
             raise ConfigError(f"growth.mode={g.mode} cannot be combined with {key}: turn that off, {fix}")
 

@@ -41,6 +41,7 @@ def test_growth_iteration():
     (["growth.mode=refine", "block=ode", "solver.name=dopri5", "field.untied=false"], "block=residual"),
     (["growth.mode=identity", "optimizer.schedule=cosine"], "optimizer.schedule=none"),
     (["growth.mode=refine", "adaptation.enabled=true", "field.untied=false"], "adaptation.enabled"),
+    (["growth.mode=identity", "analysis.interpolation=true"], "analysis.interpolation"),
     (["growth.at=1.0"], "growth.at"),
     (["growth.insert=0"], "growth.insert"),
     (["growth.factor=1"], "growth.factor"),

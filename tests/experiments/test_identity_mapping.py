@@ -61,6 +61,7 @@ def test_identity_measurement_known_answers():
     assert layers["rank"]["linear"] == [2.0, 4.0, 8.0, 16.0, 16.0, 16.0]
 
 
+@pytest.mark.slow  # 15 s: the slow step runs it (the default suite checks the config, data and measurement)
 def test_identity_mapping_smoke_sweep(tmp_path):
     """Four smoke jobs (plain / residual at N = 1, 2) through the launcher, then the report's section and plot."""
     sweep = tmp_path / "sweep"

@@ -158,6 +158,7 @@ def test_step_logits_learn_at_their_own_scale():
         build_optimizer(cfg, model, 10)
 
 
+@pytest.mark.slow  # a 16-s sweep: the slow step (the report's tables have in-process tests)
 def test_learned_steps_smoke_sweep(smoke_sweep):
     proc, sweep = smoke_sweep("learned_steps")
     assert proc.returncode == 0, proc.stderr[-3000:]

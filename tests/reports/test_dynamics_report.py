@@ -72,6 +72,7 @@ def test_augmentation_smoke_sweep(smoke_sweep):
         assert 0 < (sweep / png).stat().st_size <= MAX_PNG_BYTES
 
 
+@pytest.mark.slow  # a 15-s sweep: the slow step (the dynamics report has unit tests)
 def test_regularization_smoke_sweep(smoke_sweep):
     proc, sweep = smoke_sweep("regularization")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -26,6 +26,7 @@ from ..analysis import (
     hessian_trace,
     interpolate,
     kinetic_energy,
+    lesion_accuracy,
     line_shattering,
     random_lesions,
     relative_updates,
@@ -268,7 +269,7 @@ def _lesion(c: Context) -> dict[str, Any]:
         raise ValueError("lesion accuracy needs a classification task")
     ks = lesion_ks(block.steps)
     with torch.no_grad():
-        intact = float((c.model(x).argmax(dim=-1) == y).double().mean())
+        intact = lesion_accuracy(c.model, x, y)  # nothing deleted: through the same stem, steps and head
         single = single_lesions(c.model, x, y)
         rand = random_lesions(c.model, x, y, ks, draws=c.cfg.lesion_draws, seed=c.cfg.seed)
     return {"split": "test" if c.test is not None else "train", "points": len(x), "steps": block.steps,

@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .runner.config import CONFIG_PATH, experiment_dir, precheck, register_configs, shadowed_data_choice
 
@@ -46,6 +46,24 @@ def _train_ensemble(cfg: DictConfig, out_dir: Path) -> dict:
     return train_ensemble(cfg, runs)[0]  # type: ignore[arg-type,return-value]
 
 
+HYDRA_RECORD = ".hydra"
+RUN_FILES = ("config.yaml", "metrics.json", "checkpoint.pt")  # any of them: the folder holds a run
+
+
+def _write_hydra_record(cfg: DictConfig, out_dir: Path) -> None:
+    """Hydra's record of the job (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``), written here rather
+    than by Hydra (``hydra.output_subdir: null``) so that a start refused on a finished run leaves its record as it
+    was; each file atomically."""
+    from .runner.io import atomic_write
+
+    hc = HydraConfig.get()
+    folder = out_dir / HYDRA_RECORD
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", OmegaConf.create({"hydra": hc})),
+                       ("overrides.yaml", OmegaConf.create(list(hc.overrides.task)))):
+        text = OmegaConf.to_yaml(node)
+        atomic_write(folder / name, lambda f, text=text: f.write(text))
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> float | list[float] | None:
     from .blocks import SolverError  # torch is imported only once the config has composed
@@ -54,6 +72,9 @@ def main(cfg: DictConfig) -> float | list[float] | None:
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
+    holds_run = any((out_dir / name).exists() for name in RUN_FILES)
+    if not holds_run:  # a fresh folder: the record at once, so a job that fails to start is still found by reports
+        _write_hydra_record(cfg, out_dir)
     try:
         shadowed = shadowed_data_choice(list(hc.overrides.task), cfg)  # type: ignore[arg-type]
         if shadowed:  # a sweep's own task group, composed after data=X, chose other data
@@ -70,10 +91,14 @@ def main(cfg: DictConfig) -> float | list[float] | None:
             raise SystemExit(2) from None
         return None
     except (TrainingDiverged, SolverError) as err:
+        if holds_run:
+            _write_hydra_record(cfg, out_dir)
         log.error("run failed (%s): %s", out_dir, err)
         if hc.mode == RunMode.RUN:
             raise SystemExit(1) from None
         return None  # a sweep goes on with its other jobs
+    if holds_run:  # the start was accepted (same config): the record of this invocation replaces the last one
+        _write_hydra_record(cfg, out_dir)
     for ev in metrics["evaluations"]:
         steps = f"{ev['test_steps']} steps" if ev["test_steps"] else f"rtol {ev['rtol']}"
         if ev["status"] == "ok":

@@ -190,3 +190,21 @@ def test_a_corrupt_checkpoint_is_one_error_naming_the_file(tmp_path):
     (out / "model.pt").write_bytes(b"\x00" * 10)
     with pytest.raises(RunDirError, match=r"model\.pt: corrupt"):
         RunDir(out).load_model()
+
+
+def test_a_refused_cli_start_leaves_the_run_and_hydra_record_as_they_were(tmp_path):
+    """Through the CLI: Hydra's own ``.hydra/`` record and log are the finished run's too, so a start refused on
+    that folder (another seed) must leave them byte for byte; a fresh job folder still gets its record."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cli(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "odenet.run", *SMOKE, f"hydra.run.dir={out}", *extra],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+
+    assert cli().returncode == 0
+    assert {"config.yaml", "hydra.yaml", "overrides.yaml"} <= {p.name for p in (out / ".hydra").iterdir()}
+    before = snapshot(out)
+    refused = cli("seed=1")
+    assert refused.returncode == 2 and "seed: 0 -> 1" in refused.stderr
+    assert snapshot(out) == before

@@ -21,16 +21,18 @@ from .collect import ReportContext
 from .markdown import md_table
 from .registry import Section, register_plot, register_section
 from .runs import Run, ok_runs
+from .stats import mean_std, paired, paired_text
 
 
 def _depth_data(ctx: ReportContext) -> dict[str, dict[int, list[dict[str, Any]]]] | None:
-    """task -> depth L -> the runs' ``analysis.depth`` (each with its ``run_dir`` added)."""
+    """task -> depth L -> the runs' ``analysis.depth`` (each with its ``run_dir`` and ``seed`` added)."""
     by: dict[str, dict[int, list[dict[str, Any]]]] = {}
     for m in ok_runs(ctx):
         d = m.analysis("depth")
         if d is None:
             continue
-        by.setdefault(_task_name(m), {}).setdefault(int(d["layers"]), []).append({**d, "run_dir": m.run_dir})
+        by.setdefault(_task_name(m), {}).setdefault(int(d["layers"]), []).append(
+            {**d, "run_dir": m.run_dir, "seed": m.seed})
     return by or None
 
 
@@ -52,18 +54,46 @@ def _fit(ls: list[int], values: list[float]) -> str:
     return f"{f.slope:.3f} (R² {f.r2:.3f})"
 
 
+def seed_slopes(d: dict[int, list[dict[str, Any]]], key: str) -> dict[Any, float]:
+    """seed -> the log-log slope in L of ``key`` (``max`` or ``rss``) over that seed's depths (at least 2)."""
+    per: dict[Any, dict[int, float]] = {}
+    for n, xs in d.items():
+        for x in xs:
+            if x[key] > 0:
+                per.setdefault(x["seed"], {})[n] = float(x[key])
+    out = {}
+    for seed, values in per.items():
+        if len(values) >= 2:
+            ls = sorted(values)
+            out[seed] = loglog_slope(ls, [values[n] for n in ls]).slope
+    return out
+
+
+def _paired_lines(by: dict[str, dict[int, list[dict[str, Any]]]]) -> list[str]:
+    """Every task's per-seed slope of the max increment against the i.i.d.-init task's, paired by seed."""
+    ref = next((t for t in sorted(by) if "i.i.d." in t), None)
+    if ref is None or len(by) < 2:
+        return []
+    base = seed_slopes(by[ref], "max")
+    body = [[t, paired_text(d := paired(seed_slopes(by[t], "max"), base), "{:+.3f}"), str(len(d))]
+            for t in sorted(by) if t != ref]
+    return [f"Paired by seed: slope of the max increment minus that of {ref} (mean ± sample std over seeds).", "",
+            *md_table(["task", f"slope − slope of {ref}", "seeds"], body)]
+
+
 @register_section("depth_smoothness")
 def depth_section(ctx: ReportContext) -> list[str] | None:
-    """Max and RSS of the per-step weight increments against depth L, per task, with their log-log slopes."""
+    """Max and RSS of the per-step weight increments against depth L, per task (mean ± std over seeds), with
+    their log-log slopes per seed and of the seed means."""
     by = _depth_data(ctx)
     if by is None:
         return None
     lines = [
         "## Smoothness in depth",
         "",
-        "θ_k: all parameters of step k flattened; max and RSS of ‖θ_{k+1} − θ_k‖ over k (mean over runs); "
-        "slope: least-squares fit of log(value) against log L (−1: smooth limit, 0: no limit, "
-        "Cohen et al.).",
+        "θ_k: all parameters of step k flattened; max and RSS of ‖θ_{k+1} − θ_k‖ over k (mean ± sample std over "
+        "seeds); slope: least-squares fit of log(value) against log L (−1: smooth limit, 0: no limit, "
+        "Cohen et al.), fitted per seed (mean ± std over seeds) and to the seed means (with its R²).",
         "",
     ]
     headlines = []
@@ -72,17 +102,23 @@ def depth_section(ctx: ReportContext) -> list[str] | None:
         maxes = [statistics.fmean(x["max"] for x in d[n]) for n in ls]
         rss = [statistics.fmean(x["rss"] for x in d[n]) for n in ls]
         lines += [f"### {task}", ""]
-        lines += md_table(["L", "runs", "max increment", "RSS of increments"],
-                          [[str(n) + label_mark(ctx, [x["run_dir"] for x in d[n]]), str(len(d[n])), f"{a:.4g}",
-                            f"{b:.4g}"] for n, a, b in zip(ls, maxes, rss)])  # fmt: skip
+        lines += md_table(["L", "seeds", "max increment", "RSS of increments"],
+                          [[str(n) + label_mark(ctx, [x["run_dir"] for x in d[n]]), str(len(d[n])),
+                            mean_std([x["max"] for x in d[n]], "{:.4g}"), mean_std([x["rss"] for x in d[n]], "{:.4g}")]
+                           for n in ls])  # fmt: skip
         withheld = withhold(ctx, [x["run_dir"] for n in ls for x in d[n]])
         if withheld is not None:
             text = withheld_line(f"Log-log slope in L ({task})", withheld)
         else:
-            text = f"Log-log slope in L ({task}): max increment {_fit(ls, maxes)}; RSS {_fit(ls, rss)}."
+            per_max, per_rss = seed_slopes(d, "max"), seed_slopes(d, "rss")
+            seeds = ", ".join(f"{v:.3f}" for _, v in sorted(per_max.items(), key=lambda kv: str(kv[0])))
+            text = (f"Log-log slope in L ({task}): max increment {mean_std(per_max.values(), '{:.3f}')} over "
+                    f"{len(per_max)} seed(s) ({seeds}), of the means {_fit(ls, maxes)}; RSS "
+                    f"{mean_std(per_rss.values(), '{:.3f}')}, of the means {_fit(ls, rss)}.")
         lines += [text, ""]
         if len(ls) > 1:
             headlines.append(text)
+    lines += _paired_lines(by)
     return Section(lines, headlines)
 
 

@@ -7,15 +7,18 @@ and ``analysis.gradients_init``, written by ``odenet.runner.measure``) and retur
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from matplotlib.figure import Figure
 
-from .chance import label_mark, withheld_line, withhold
+from .chance import label_mark, mark_cell, value_at_chance, withheld_line, withhold
 from .collect import ReportContext
 from .figures import legend_union
 from .markdown import md_table
 from .registry import Section, register_plot, register_section
 from .runs import BLOCK_COLORS, Run, by_train_label, ok_runs
+from .stats import mean_std, paired, paired_text
 
 
 def _gradient_runs(ctx: ReportContext) -> dict[str, list[Run]] | None:
@@ -33,31 +36,77 @@ def _mean_curve(ms: list[Run], name: str) -> tuple[np.ndarray, np.ndarray] | Non
     return t, norms.mean(axis=0)
 
 
-def _ratio(curve: tuple[np.ndarray, np.ndarray] | None) -> str:
-    if curve is None:
-        return "–"
-    norms = curve[1]
-    return f"{norms[0]:.3g} / {norms[-1]:.3g} = {norms[0] / norms[-1]:.3g}" if norms[-1] > 0 else f"{norms[0]:.3g} / 0"
+def _norms(run: Run, name: str) -> tuple[float, float] | None:
+    """(‖g_0‖, ‖g_N‖): the gradient norm at the block's input and output for one run (None if not measured)."""
+    curve = run.analysis(name)
+    if not curve or not curve.get("norms"):
+        return None
+    return float(curve["norms"][0]), float(curve["norms"][-1])
+
+
+def ratios(ms: list[Run], name: str) -> dict[Any, float]:
+    """seed -> ‖g_0‖ / ‖g_N‖ of ``name`` (``gradients_init`` or ``gradients``); 0 where ‖g_0‖ underflowed."""
+    out = {}
+    for m in ms:
+        g = _norms(m, name)
+        if g is not None and g[1] > 0:
+            out[m.seed] = g[0] / g[1]
+    return out
+
+
+def _g(ms: list[Run], name: str, end: int) -> str:
+    return mean_std([g[end] if (g := _norms(m, name)) else None for m in ms], "{:.3g}")
+
+
+def _paired_lines(groups: dict[str, list[Run]]) -> list[str]:
+    """Paired by seed: the ODE block (adjoint) minus the residual stack at the same N, and each shortcut block's
+    deepest minus shallowest N, of the trained ratio ‖g_0‖ / ‖g_N‖."""
+    by = {(ms[0].train.get("block"), ms[0].train.get("steps")): ms for ms in groups.values()}
+    body = []
+    for (block, n), ms in sorted(by.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] or 0)):
+        if block == "ode" and ("residual", n) in by:
+            for name, when in (("gradients_init", "init"), ("gradients", "trained")):
+                d = paired(ratios(ms, name), ratios(by[("residual", n)], name))
+                body.append([f"ODE (adjoint) − residual, N={n}", when, str(len(d)), paired_text(d, "{:+.3g}")])
+    for block in ("residual", "ode", "plain"):
+        ns = sorted(n for b, n in by if b == block and n)
+        if len(ns) > 1:
+            lo, hi = by[(block, ns[0])], by[(block, ns[-1])]
+            for name, when in (("gradients_init", "init"), ("gradients", "trained")):
+                d = paired(ratios(hi, name), ratios(lo, name))
+                body.append([f"{block}: N={ns[-1]} − N={ns[0]}", when, str(len(d)), paired_text(d, "{:+.3g}")])
+    if not body:
+        return []
+    return ["Paired by seed: difference of the ratio ‖g_0‖ / ‖g_N‖ (mean ± sample std over seeds, and on how many "
+            "seeds it is positive).", "",
+            *md_table(["comparison", "when", "seeds", "difference of ‖g_0‖ / ‖g_N‖"], body)]
 
 
 @register_section("gradient_flow")
 def gradient_flow_section(ctx: ReportContext) -> list[str] | None:
-    """||dL/dx|| at the block's input and output, at initialisation and trained, per model."""
+    """||dL/dx|| at the block's input and output, at initialisation and trained, per model (mean ± std over
+    seeds), and paired differences between models."""
     groups = _gradient_runs(ctx)
     if groups is None:
         return None
     body = []
     for label, ms in groups.items():
-        init, trained = _mean_curve(ms, "gradients_init"), _mean_curve(ms, "gradients")
-        body.append([label + label_mark(ctx, [m.run_dir for m in ms]), str(len(ms)), _ratio(init), _ratio(trained)])
+        acc = [m.train_eval().get("accuracy") for m in ms]
+        body.append([label + label_mark(ctx, [m.run_dir for m in ms]), str(len(ms)),
+                     mark_cell(mean_std(acc), value_at_chance(acc, [m.baseline for m in ms])),
+                     mean_std(ratios(ms, "gradients_init").values(), "{:.3g}"),
+                     _g(ms, "gradients", 0), _g(ms, "gradients", 1),
+                     mean_std(ratios(ms, "gradients").values(), "{:.3g}")])
     lines = [
         "## Gradient flow",
         "",
-        "||dL/dx|| at the block's input x_0 and output x_N (mean per-sample norm over the analysis batch, mean "
-        "over seeds), and their ratio: < 1 vanishing towards the input, > 1 exploding. ODE blocks: states at "
-        "the analysis times.",
+        "||dL/dx|| at the block's input x_0 and output x_N (mean per-sample norm over the analysis batch), and their "
+        "ratio ‖g_0‖ / ‖g_N‖ (< 1 vanishing towards the input, > 1 exploding; 0 where ‖g_0‖ underflowed): mean ± "
+        "sample std over seeds, the ratio taken per seed. ODE blocks: states at the analysis times.",
         "",
-        *md_table(["model", "runs", "at init: ‖g_0‖ / ‖g_N‖", "trained: ‖g_0‖ / ‖g_N‖"], body),
+        *md_table(["model", "seeds", "test acc.", "at init: ‖g_0‖ / ‖g_N‖", "trained: ‖g_0‖", "trained: ‖g_N‖",
+                   "trained: ‖g_0‖ / ‖g_N‖"], body),
+        *_paired_lines(groups),
     ]
     # After training, the comparison rests on the controls: every residual or ODE model and the shallowest plain
     # net must have trained (a deeper plain net at chance is what vanishing gradients lead to).

@@ -20,7 +20,7 @@ from .collect import ReportContext
 from .markdown import md_table
 from .registry import Section, register_plot, register_section
 from .runs import Run, by_train_label, ok_runs
-from .stats import mean_std
+from .stats import mean_std, paired, paired_text
 
 
 def _landscape_runs(ctx: ReportContext) -> dict[str, list[Run]] | None:
@@ -66,12 +66,48 @@ def loss_landscape_section(ctx: ReportContext) -> list[str] | None:
              "1D: loss at 0", "1D: loss at ±span", "2D extra minima"],
             body,
         ),
+        *paired_lines(groups),
     ]
     withheld = withhold(ctx, [m.run_dir for ms in groups.values() for m in ms])
     if withheld is None:
         return lines
     text = withheld_line("Smoothness and sharpness compared across models", withheld)
     return Section([*lines, text, ""], [text])
+
+
+def _by_seed(ms: list[Run], value: Any) -> dict[Any, float | None]:
+    """seed -> ``value(run)``."""
+    return {m.seed: value(m) for m in ms}
+
+
+def _top(m: Run) -> float | None:
+    return (m.analysis("sharpness") or {}).get("top_eigenvalue")
+
+
+def _trace(m: Run) -> float | None:
+    return (m.analysis("sharpness") or {}).get("trace")
+
+
+def paired_lines(groups: dict[str, list[Run]]) -> list[str]:
+    """Every model against the residual net with the largest step (fewest steps), paired by seed: differences of
+    the top eigenvalue and the trace, and the ratio of top eigenvalues."""
+    ref = next((label for label, ms in groups.items() if ms[0].train.get("block") == "residual"), None)
+    if ref is None or len(groups) < 2:
+        return []
+    top_ref, trace_ref = _by_seed(groups[ref], _top), _by_seed(groups[ref], _trace)
+    body = []
+    for label, ms in groups.items():
+        if label == ref:
+            continue
+        top = _by_seed(ms, _top)
+        d_top = paired(top, top_ref)
+        ratio = [t / top_ref[s] for s, t in top.items() if t is not None and top_ref.get(s)]
+        body.append([label, str(len(d_top)), paired_text(d_top, "{:+.4g}"), mean_std(ratio, "{:.3g}"),
+                     paired_text(paired(_by_seed(ms, _trace), trace_ref), "{:+.4g}")])
+    return [f"Paired by seed against {ref}: model minus reference (mean ± sample std over seeds, and on how many "
+            "seeds it is positive), and the ratio of top eigenvalues.", "",
+            *md_table(["model", "seeds", f"top eigenvalue − {ref}", f"top eigenvalue / {ref}",
+                       f"trace − {ref}"], body)]
 
 
 def roughness(land: dict[str, Any]) -> float:

@@ -33,7 +33,7 @@ from .figures import legend_union
 from .markdown import md_table
 from .registry import Section, register_plot, register_section
 from .runs import Run, by_data_and_label, configured_runs, run_dataset
-from .stats import mean_std
+from .stats import mean_std, paired, paired_text
 
 LOSS_THRESHOLD = 0.01  # "iterations to loss below": the training task loss (window mean of history.csv)
 PENALTY_POINTS = 1000  # test inputs on which measure_penalties runs
@@ -167,6 +167,46 @@ def dynamics_section(ctx: ReportContext) -> list[str] | None:
             body.append(cells)
         lines += [f"### {data}", "", *md_table(header, body)]
     return _withheld(ctx, lines, runs, "Accuracy and NFE compared across models")
+
+
+def _paired_metrics(run: Run) -> dict[str, float | None]:
+    """The per-run numbers that penalised and unpenalised models are compared on."""
+    fwd = history_means(run.history, "nfe_forward")
+    seconds = _column(run.history, "seconds")
+    return {"test acc.": run.train_eval().get("accuracy"), "test NFE": run.train_eval().get("nfe"),
+            "NFE at the tight solver": (_tight_eval(run) or {}).get("nfe"),
+            "NFE fwd per iteration: mean": fwd[0] if fwd else None,
+            "NFE fwd per iteration: last 10 %": fwd[1] if fwd else None,
+            "train s": float(seconds[-1]) if len(seconds) else None}
+
+
+@register_section("penalty_pairs")
+def penalty_pairs_section(ctx: ReportContext) -> list[str] | None:
+    """Penalised minus unpenalised model of each data set, paired by seed (sweeps holding both)."""
+    runs = _dynamics_runs(ctx)
+    if runs is None:
+        return None
+    lines = ["## Penalised minus unpenalised, paired by seed", "",
+             "Per data set: each penalised model minus the unpenalised one trained with the same seed (mean ± sample "
+             "std of the differences over seeds, and on how many seeds it is positive).", ""]
+    found = False
+    for data, by_label in by_data_and_label(runs).items():
+        plain = [rs for rs in by_label.values() if not rs[0].penalised]
+        if len(plain) != 1:
+            continue
+        base = {r.seed: _paired_metrics(r) for r in plain[0]}
+        for label, rs in by_label.items():
+            if not rs[0].penalised:
+                continue
+            found = True
+            own = {r.seed: _paired_metrics(r) for r in rs}
+            body = []
+            for key in next(iter(own.values())):
+                d = paired({k: v[key] for k, v in own.items()}, {k: v[key] for k, v in base.items()})
+                body.append([key, str(len(d)), paired_text(d, "{:+.4f}" if key == "test acc." else "{:+.1f}")])
+            lines += [f"### {data}: {label} − {plain[0][0].label}", "",
+                      *md_table(["quantity", "seeds", "difference"], body)]
+    return _withheld(ctx, lines, runs, "Penalised and unpenalised models compared") if found else None
 
 
 def _withheld(ctx: ReportContext, lines: list[str], runs: Sequence[Run], what: str) -> list[str]:

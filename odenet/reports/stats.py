@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,3 +152,25 @@ def matched_series(row: Row) -> tuple[str, str]:
 def ok(row: Row, metric: str = "accuracy") -> bool:
     """An ok evaluation with a value for ``metric``."""
     return row["status"] == "ok" and row["test_solver"] is not None and row[metric] is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# Paired comparisons
+
+
+def paired(a: Mapping[Hashable, float | None], b: Mapping[Hashable, float | None]) -> list[float]:
+    """``a[s] - b[s]`` for every key ``s`` (a seed) both have with a finite value, in ``a``'s order."""
+    out = []
+    for s, x in a.items():
+        y = b.get(s)
+        if x is not None and y is not None and math.isfinite(float(x)) and math.isfinite(float(y)):
+            out.append(float(x) - float(y))
+    return out
+
+
+def paired_text(diffs: Sequence[float], fmt: str = "{:+.4f}") -> str:
+    """``"mean ± std (k of n > 0)"`` of paired differences (``–`` if there are none)."""
+    if not diffs:
+        return "–"
+    above = sum(d > 0 for d in diffs)
+    return f"{mean_std(diffs, fmt)} ({above} of {len(diffs)} > 0)"

@@ -116,11 +116,11 @@ def test_adaptation_refuses_regression(tmp_path):
 
 # --- the experiments, end to end in smoke mode (shares the session's smoke sweeps with test_run.py) -------------
 
-EXPECTED = {  # jobs (the smoke sweep fixes seed=0), report heading, plots
+EXPECTED = {  # run folders (smoke sweeps fix seed=0; depth_smoothness: 21 jobs x 3 ensemble seeds), heading, plots
     "degradation": (10, "## Degradation (plain vs residual)", ["degradation.png", "gradient_flow.png"]),
     "gradient_flow": (9, "## Gradient flow", ["gradient_flow.png"]),
     "loss_landscape": (6, "## Loss landscape and sharpness", ["landscape_2d.png", "landscape_1d.png"]),
-    "depth_smoothness": (21, "## Smoothness in depth", ["depth_smoothness.png"]),
+    "depth_smoothness": (63, "## Smoothness in depth", ["depth_smoothness.png"]),
 }
 
 
@@ -147,7 +147,7 @@ def test_depth_smoothness_smoke_covers_both_tasks(smoke_sweep):
         cfg = OmegaConf.load(p.parent / "config.yaml")
         task = f"{cfg.data.name}{'-tied' if cfg.field.tied_init else ''}"
         by_task.setdefault(task, []).append(json.loads(p.read_text())["analysis"]["depth"]["layers"])
-    depths = [4, 8, 16, 32, 64, 128, 256]
+    depths = sorted([4, 8, 16, 32, 64, 128, 256] * 3)  # seeds 0, 1, 2 of each job (trainer.ensemble=3)
     assert {k: sorted(v) for k, v in by_task.items()} == {
         "linear_regression": depths, "tanh_ode": depths, "tanh_ode-tied": depths}
     text = (sweep / "report.md").read_text()

@@ -104,8 +104,9 @@ def x64() -> Tensor:
 # machinery the default suite covers with other experiments or in-process tests (the image models train in
 # tests/test_images.py on files the tests write; the dynamics report has unit tests).
 SLOW_SWEEPS = {"augmentation", "block_lesion", "block_lesion_mnist1d", "cifar10_odenet", "degradation",
-               "depth_smoothness", "gradient_flow", "identity_mapping", "learned_steps", "loss_landscape",
-               "mnist5k_odenet", "mnist_odenet", "nested_growth", "regularization", "shattered_gradients"}
+               "degradation_he", "depth_smoothness", "gradient_flow", "identity_mapping", "learned_steps",
+               "loss_landscape", "mnist5k_odenet", "mnist_odenet", "nested_growth", "regularization",
+               "shattered_gradients", "step_adaptation_ott", "step_size_ablation_ott"}
 
 
 def sweep_params(names):

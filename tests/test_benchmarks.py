@@ -34,3 +34,16 @@ def test_peers_quick_prints_a_row_per_contender(capsys):
     hand = [line for line in rows if "hand loop" in line]
     assert all("| 1.00x |" in line for line in hand)
     assert "skipped: odenet ResidualStack compiled (--quick; add --compile)" in out
+
+
+def test_step_quick_prints_the_eager_rows_with_the_hand_loop_as_reference(capsys):
+    spec = importlib.util.spec_from_file_location("step_bench", PEERS.parent / "step.py")
+    assert spec is not None and spec.loader is not None
+    step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step)
+    assert step.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "contender" not in line]
+    assert [line.split(" | ")[0] for line in rows] == ["| hand loop, eager", "| odenet ResidualStack, eager"]
+    assert "| 1.00x |" in rows[0]
+    assert len(step.contenders(quick=False)) > len(rows)  # the compiled contenders: full runs only

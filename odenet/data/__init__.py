@@ -46,6 +46,7 @@ from .synthetic import (
     SYNTHETIC_SIZES,
     load_concentric_spheres,
     load_sphere2,
+    load_sphere2_ott,
     load_spirals,
     synthetic_images,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "load_mnist1d",
     "load_mnist5k",
     "load_sphere2",
+    "load_sphere2_ott",
     "load_spirals",
     "load_tanh_ode",
     "read_idx",

@@ -112,6 +112,39 @@ def load_sphere2(o: DataOptions) -> Dataset:
     return Dataset("sphere2", x_tr, y_tr, x_te, y_te, num_classes=2)
 
 
+SPHERE2_OTT_SHARES: tuple[int, ...] = (1, 2, 1)
+"""Quarters of the points per ``sphere2`` annulus in Ott et al.'s generator (``generate_dataset``: N/4, N/2, N/4)."""
+
+
+def _sphere2_ott(n: int, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+    """``n // 4``, ``n // 2``, ``n // 4`` points in the three annuli; radius ``r0 + (r1 - r0) U^(1/2)`` (their
+    ``random_point_in_sphere``: not uniform over the area), direction a normalised Gaussian."""
+    xs, ys = [], []
+    for (r0, r1, label), share in zip(SPHERE2_ANNULI, SPHERE2_OTT_SHARES):
+        count = n * share // 4
+        radius = r0 + (r1 - r0) * rng.uniform(0.0, 1.0, size=count) ** 0.5
+        xs.append(radius[:, None] * _directions(rng, count, 2))
+        ys.append(np.full(count, label))
+    return _shuffled(np.concatenate(xs), np.concatenate(ys), rng)
+
+
+@register_dataset("sphere2_ott")
+def load_sphere2_ott(o: DataOptions) -> Dataset:
+    """Sphere2 as Ott et al.'s code generates it (``data/sphere_dataset_generation``): the annuli of ``sphere2``
+    holding a quarter, a half and a quarter of the points (balanced classes), radius ``r0 + (r1 - r0) sqrt(U)``.
+
+    ``n_train`` / ``n_test`` must be multiples of 4 (default 2000 / 1000, theirs). Uses ``n_train, n_test, seed``.
+    """
+    n_tr, n_te = _size("n_train", o.n_train, 2000), _size("n_test", o.n_test, 1000)
+    for name, n in (("n_train", n_tr), ("n_test", n_te)):
+        if n % 4:
+            raise ValueError(f"data.{name} must be a multiple of 4 for sphere2_ott (N/4, N/2, N/4 per ring), got {n}")
+    rng_tr, rng_te = _rngs(o.seed)
+    x_tr, y_tr = _sphere2_ott(n_tr, rng_tr)
+    x_te, y_te = _sphere2_ott(n_te, rng_te)
+    return Dataset("sphere2_ott", x_tr, y_tr, x_te, y_te, num_classes=2)
+
+
 CONCENTRIC_REGIONS: tuple[tuple[float, float, int], ...] = ((0.0, 0.5, 0), (1.0, 1.5, 1))
 """``(inner radius, outer radius, label)``: the inner ball (g = -1) and the outer shell (g = +1)."""
 

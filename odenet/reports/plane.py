@@ -214,7 +214,7 @@ def _square(ax: Any, half: float) -> None:
 def planar_runs(ctx: ReportContext) -> dict[float, list[tuple[Any, Run]]]:
     """Fixed-step trained runs with saved models on 2-D vector inputs: ``{h: [(seed, run), ...]}``.
 
-    Empty unless the runs are on vector data (no conv field) with inputs of shape ``(2,)``.
+    Empty unless the runs are on vector data (no image conv field) with inputs of shape ``(2,)``.
     """
     runs: dict[float, dict[str, Any]] = {}
     for r in ctx.rows:
@@ -232,7 +232,7 @@ def planar_runs(ctx: ReportContext) -> dict[float, list[tuple[Any, Run]]]:
             except RunDirError:
                 continue
             if checked is None:
-                if cfg.field.get("kind", "mlp") != "mlp":
+                if cfg.field.get("kind", "mlp") == "conv":  # image states; mlp / conv1d / linear act on vectors
                     return {}
                 checked = run_dataset(ctx, run).input_shape == (2,)
             if not checked:

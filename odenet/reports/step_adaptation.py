@@ -31,7 +31,8 @@ from .collect import SUMMARY, ReportContext, run_beats_baseline
 from .registry import Section, register_plot, register_section
 from .stats import Stats, sort_value, stats
 
-__all__ = ["adapted_runs", "load_grid", "adaptation_tables", "plot_adaptation", "adaptation_section"]
+__all__ = ["adapted_runs", "load_grid", "adaptation_tables", "plot_adaptation", "adaptation_section",
+           "load_adapted", "protocol_comparison"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ def adapted_runs(ctx: ReportContext) -> list[dict[str, Any]]:
 
 
 Grid = dict[Any, dict[str, dict[Any, float]]]
+#: Adaptive test solvers kept by :func:`load_grid` for fixed-step models (accuracy of the field's ODE solution).
+ADAPTIVE_TEST = ("dopri5",)
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -106,6 +109,8 @@ def load_grid(path: str | Path) -> Grid:
             cell.setdefault("at_chance", {})[seed] = r.get("beats_baseline") == "False"
             cell.setdefault("nfe", {})[seed] = _num(r.get("nfe")) or math.nan
         elif isinstance(key, int) and _num(r.get("test_steps")) == n:
+            cell.setdefault(str(r["test_solver"]), {})[seed] = acc
+        elif isinstance(key, int) and r.get("test_solver") in ADAPTIVE_TEST:  # the reference ODE solution
             cell.setdefault(str(r["test_solver"]), {})[seed] = acc
     return dict(sorted(grid.items(), key=lambda kv: (isinstance(kv[0], str), kv[0])))
 
@@ -357,3 +362,42 @@ def adaptation_plot(ctx: ReportContext) -> Figure | None:
     """:func:`plot_adaptation` of the adapted runs (None: no adapted run)."""
     runs = adapted_runs(ctx)
     return plot_adaptation(runs, _grid(ctx)) if runs else None
+
+
+# ----------------------------------------------------------------------------------------------
+# The same experiment under several protocols (e.g. ours and Ott et al.'s published one), side by side
+
+
+def load_adapted(path: str | Path) -> dict[Any, dict[str, float]]:
+    """From an adaptation sweep's ``summary.csv``: ``{seed: {"h": final h, "nfe": its NFE, "<solver>": accuracy}}``
+    (the training solver's accuracy under ``"train"``)."""
+    p = Path(path)
+    out: dict[Any, dict[str, float]] = {}
+    for r in read_csv(p / SUMMARY if p.is_dir() else p):
+        acc = _num(r.get("accuracy"))
+        if acc is None or r.get("status") != "ok" or r.get("train_solver") != "euler":
+            continue
+        cell = out.setdefault(r.get("seed"), {})
+        if r.get("is_train_solver") == "True":
+            h = _num(r.get("train_step_size")) or 1.0 / float(r["train_steps"])  # h = T / N (T = 1) when snapped
+            cell.update(train=acc, h=h, nfe=_num(r.get("nfe")) or math.nan)
+        else:
+            cell[str(r["test_solver"])] = acc
+    return out
+
+
+def protocol_comparison(protocols: dict[str, Path]) -> list[str]:
+    """Markdown: one row per protocol of adapted runs: seeds, final h and NFE, accuracy under the training solver and
+    dopri5 (%, mean ± std over seeds), and the paired change training solver -> dopri5 (points)."""
+    lines = ["| protocol | seeds | final h | final NFE | accuracy, training solver | accuracy, dopri5 | "
+             "training -> dopri5 (points, paired) |", "|---|---|---|---|---|---|---|"]
+    for name, path in protocols.items():
+        runs = load_adapted(path)
+        gaps = [100 * (c["dopri5"] - c["train"]) for c in runs.values() if "dopri5" in c and "train" in c]
+        lines.append(_row([
+            name, str(len(runs)), _f(stats(c.get("h") for c in runs.values()), 4),
+            _f(stats(c.get("nfe") for c in runs.values())), _pct(stats(c.get("train") for c in runs.values())),
+            _pct(stats(c.get("dopri5") for c in runs.values())), _f(stats(gaps)),
+        ]))
+    return lines
+

@@ -375,3 +375,32 @@ def fixed_grid_table(rows: Sequence[Row]) -> list[str]:
 def step_factor_section(ctx: ReportContext) -> list[str] | None:
     """Report section: :func:`step_factor_table` and :func:`fixed_grid_table` (None when both are empty)."""
     return step_factor_table(ctx.rows) + fixed_grid_table(ctx.rows) or None
+
+
+# ----------------------------------------------------------------------------------------------
+# The grid search under several protocols (e.g. ours and Ott et al.'s published one), side by side
+
+
+def protocol_comparison(protocols: dict[str, Any], reference: str = "dopri5") -> list[str]:
+    """Markdown: per Euler training ``N`` (rows) and protocol (column groups), the accuracy under the training solver
+    and under ``reference`` (the field's ODE solution; %, mean ± std over seeds) and their paired difference
+    (points). ``protocols`` maps a name to a fixed-step sweep's folder or ``summary.csv``
+    (:func:`odenet.reports.step_adaptation.load_grid`)."""
+    from .step_adaptation import _f, _pct, load_grid
+
+    grids = {name: load_grid(path) for name, path in protocols.items()}
+    ns = sorted({n for g in grids.values() for n in g if isinstance(n, int)})
+    header = ["h (N)"]
+    for name in grids:
+        header += [f"{name}: training solver", f"{name}: {reference}", f"{name}: change (points)"]
+    body = []
+    for n in ns:
+        cells = [f"{_h_text(1.0 / n)} ({n})"]
+        for g in grids.values():
+            cell = g.get(n, {})
+            train, ref = cell.get("train", {}), cell.get(reference, {})
+            paired = [100 * (ref[s] - train[s]) for s in train if s in ref]
+            cells += [_pct(stats(train.values())), _pct(stats(ref.values())), _f(stats(paired))]
+        body.append(cells)
+    return md_table(header, body)
+

@@ -35,7 +35,7 @@ from ..blocks import Block, ODEBlock
 from ..solvers import TORCHDIFFEQ_FIXED
 from .config import AdaptationConfig, Config
 
-__all__ = ["Decision", "StepSizeRule", "StepSizeAdaptation", "grid_steps", "snap_step_size"]
+__all__ = ["Decision", "StepSizeRule", "StepSizeAdaptation", "grid_steps", "hairer_initial_step", "snap_step_size"]
 
 ACTIONS = ("halve", "grow", "reject_growth", "at_min", "at_max")
 
@@ -115,6 +115,25 @@ def snap_step_size(step_size: float, T: float, rel: float = 1e-6) -> float:
     return step_size
 
 
+INITIAL_RULES = ("fixed", "hairer")
+ORDERS = {"euler": 1, "midpoint": 2, "rk4": 4}
+
+
+@torch.no_grad()
+def hairer_initial_step(field: Callable[[Tensor, Tensor], Tensor], x: Tensor, order: int) -> float:
+    """Hairer, Nørsett & Wanner (1993, p. 169)'s starting step, with batch-mean norms (Ott et al.'s
+    ``find_initial_step_size``): ``d0 = mean |x|``, ``d1 = mean |F(x)|``, ``h0 = 0.01 d0 / d1`` (``1e-6`` if either
+    is below ``1e-5``), ``d2 = mean |F(x + h0 F(x)) - F(x)| / h0``, ``h1 = (0.01 / max(d1, d2))^(1 / (order + 1))``
+    (``max(1e-6, 1e-3 h0)`` if that max is below ``1e-15``); returns ``min(100 h0, h1)``. Norms over the last axis."""
+    t0 = torch.zeros((), dtype=x.dtype, device=x.device)
+    f0 = field(t0, x)
+    d0, d1 = float(x.norm(dim=-1).mean()), float(f0.norm(dim=-1).mean())
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    d2 = float((field(t0, x + h0 * f0) - f0).norm(dim=-1).mean()) / h0
+    h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) < 1e-15 else (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+    return min(100 * h0, h1)
+
+
 class StepSizeAdaptation:
     """Adapts the training step of a :class:`~odenet.models.Classifier` during training (see the module doc).
 
@@ -160,6 +179,17 @@ class StepSizeAdaptation:
         )
         h0 = a.initial_step_size if a.initial_step_size is not None else T / int(cfg.solver.steps or 1)
         return cls(rule, h0, T, cfg.solver.name, a.test_solver, a.every, a.accuracy_factor)
+
+    def initialize(self, model: Any, x: Tensor, rule: str = "fixed") -> None:
+        """Before training: with ``rule="hairer"``, the initial ``h`` is :func:`hairer_initial_step` of ``model``'s
+        field at its stem's output for the batch ``x`` (Ott et al. use their first training batch), within the
+        rule's step limits; ``"fixed"`` keeps the configured one."""
+        if rule not in INITIAL_RULES:
+            raise ValueError(f"adaptation.initial must be one of {list(INITIAL_RULES)}, got {rule!r}")
+        if rule == "hairer":
+            h = hairer_initial_step(model.block.field, model.stem(x), ORDERS[self.solver])
+            h = min(max(h, self.rule.min_step_size), self.rule.max_step_size)
+            self.initial_step_size = self.step_size = snap_step_size(h, self.T)
 
     # --- the block ----------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..blocks import Block, make_block
-from ..fields import ConvField, DepthIndexedField, LinearField, MLPField
+from ..fields import Conv1dField, ConvField, DepthIndexedField, LinearField, MLPField, kaiming_init
 from ..growth import insert_steps, refine_grid, spread_positions
 from ..models import (
     AMP_DTYPES,
@@ -26,10 +26,16 @@ from ..models import (
 )
 from ..regularization import REGULARIZERS
 from ..solvers import is_adaptive
+from .accel import fused_adam
 from .config import Config, FieldConfig
 from .errors import ConfigError, check_choice
 
 HEADS = ("linear", "identity")
+#: model.arch choices: odenet (stem -> one block -> head) | he (:func:`odenet.staged.he_classifier`)
+ARCHS = ("odenet", "he")
+#: model.init choices: default (PyTorch's, then field.init) | kaiming (Ott et al.: every conv / linear layer of the
+#: whole model, :func:`odenet.fields.kaiming_init`)
+MODEL_INITS = ("default", "kaiming")
 
 FieldBuilder = Callable[[FieldConfig, int], tuple[nn.Module, Any]]
 #: field.kind -> builder(cfg, dim) -> (field, its last layer or None): the last layer is zeroed by field.zero_init.
@@ -63,6 +69,15 @@ def _conv_field(cfg: FieldConfig, dim: int) -> tuple[nn.Module, Any]:
         dim, cfg.hidden, cfg.depth, cfg.kernel, cfg.activation, cfg.time,  # type: ignore[arg-type]
         groupnorm=cfg.groupnorm, groups=cfg.groups, preact=cfg.preact,
     )
+    return field, field.convs[-1]
+
+
+@register_field("conv1d")
+def _conv1d_field(cfg: FieldConfig, dim: int) -> tuple[nn.Module, Any]:
+    if cfg.time != "none":
+        raise ConfigError(f"field.kind=conv1d (Ott et al.'s Sphere2 field) is autonomous: use field.time=none, "
+                          f"got {cfg.time}")
+    field = Conv1dField(dim, cfg.hidden, cfg.kernel, cfg.activation)
     return field, field.convs[-1]
 
 
@@ -147,6 +162,40 @@ def block_options(cfg: Config) -> tuple[str, dict[str, Any]]:
     return s.name, {**BLOCKS[cfg.block.kind](cfg), **reg}
 
 
+def check_arch(cfg: Config) -> None:
+    """``model.arch=he`` (He et al.'s staged net) fits the rest of the config: images, a plain or residual Euler
+    stack of ``solver.steps = 3 n`` blocks, nothing that needs a field of its own."""
+    check_choice("model.arch", cfg.model.arch, ARCHS)
+    if cfg.model.arch != "he":
+        return
+    s, fix = cfg.solver, "model.arch=he is He et al.'s staged net (h = 1)"
+    if cfg.block.kind not in ("plain", "residual") or s.name != "euler" or not s.steps or s.steps % 3:
+        raise ConfigError(f"{fix}: it needs block=plain or residual, solver.name=euler and solver.steps = 3 n "
+                          f"(n blocks per stage), got block.kind={cfg.block.kind}, solver={s.name}, steps={s.steps}")
+    others = [("field.kind=conv", cfg.field.kind != "conv"), ("field.untied=false", cfg.field.untied),
+              ("model.stem=lift", cfg.model.stem != "lift"), ("model.head=linear", cfg.model.head != "linear"),
+              ("model.augment_dim=0", cfg.model.augment_dim != 0), ("model.init=default", cfg.model.init != "default"),
+              ("no regularization", bool(regularizers(cfg))), ("adaptation.enabled=false", cfg.adaptation.enabled),
+              ("growth.mode=none", cfg.growth.mode != "none"), ("trainer.ensemble=1", cfg.trainer.ensemble > 1),
+              ("trainer.compile=false", cfg.trainer.compile)]
+    for want, bad in others:
+        if bad:
+            raise ConfigError(f"{fix}: it builds its own untied BN conv blocks and needs {want}")
+
+
+def _he_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
+    """He et al.'s staged net (``odenet.staged``): ``n = solver.steps / 3`` blocks per stage, ``model.width``
+    (default 16) channels in the first stage, ``field.preact`` for the pre-activation block."""
+    from ..staged import he_classifier
+
+    check_arch(cfg)
+    if len(input_shape) != 3:
+        raise ValueError(f"model.arch=he needs image data (C, H, W); data.name={cfg.data.name} gives {input_shape} "
+                         "(digits: data.as_images=true)")
+    return he_classifier(input_shape[0], num_classes, cfg.solver.steps // 3, cfg.model.width or 16,
+                         shortcut=cfg.block.kind == "residual", preact=cfg.field.preact)
+
+
 def build_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
     """Stem -> block on the configured field -> head, for vector or image inputs.
 
@@ -154,6 +203,9 @@ def build_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> 
     makes the block's final state the output: the state must then have ``num_classes`` features.
     """
     check_choice("model.head", cfg.model.head, HEADS)
+    check_choice("model.init", cfg.model.init, MODEL_INITS)
+    if cfg.model.arch != "odenet":
+        return _he_model(cfg, input_shape, num_classes)
     images = cfg.field.kind == "conv"
     if images:
         if len(input_shape) != 3:
@@ -177,7 +229,10 @@ def build_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> 
     field = build_field(cfg.field, dim, options.get("steps"), cfg.block.T)
     block: Block = make_block(field, solver, T=cfg.block.T, **options)
     amp = AMP_DTYPES[cfg.trainer.amp_dtype] if cfg.trainer.amp else None  # autocast on the input's device
-    return Classifier(stem, block, head, amp_dtype=amp)
+    model = Classifier(stem, block, head, amp_dtype=amp)
+    if cfg.model.init == "kaiming":
+        kaiming_init(model)
+    return model
 
 
 def grown_block(cfg: Config, block: Any) -> Any:
@@ -229,4 +284,6 @@ def build_optimizer(cfg: Config, model: nn.Module, total_iterations: int):
         if steps:
             params.append({"params": steps, "lr": o.lr * o.step_lr_scale})
     optimizer = OPTIMIZERS[o.name](params, o)
+    if cfg.trainer.compile:  # Adam as one fused kernel per step (benchmarks/step.py)
+        optimizer = fused_adam(optimizer)
     return optimizer, SCHEDULES[o.schedule](optimizer, o, total_iterations)

@@ -78,6 +78,10 @@ class ModelConfig:
     # images: lift (a 3x3 conv to `width` channels, if given) | downsample (Chen et al.: conv3x3, norm, ReLU,
     # conv4x4/2, norm, ReLU, conv4x4/2 to `width` (default 64) channels at 1/4 the size; head norm, ReLU, pool, linear)
     stem: str = "lift"
+    init: str = "default"  # default | kaiming: N(0, 2/fan_in) weights, zero biases in every conv / linear (Ott et al.)
+    # odenet: stem -> one block -> head | he: He et al. (2016)'s staged CIFAR net (odenet.staged): 3 stages of
+    # solver.steps / 3 untied blocks at h = 1 on width (16), 2x, 4x channels, BN; depth 2 solver.steps + 2
+    arch: str = "odenet"
 
 
 @dataclass
@@ -122,7 +126,9 @@ class TrainerConfig:
     # in float32 (error control is not safe in half precision). float16 adds a GradScaler.
     amp: bool = False
     amp_dtype: str = "bfloat16"  # bfloat16 | float16
-    compile: bool = False  # torch.compile the block's whole solve in place (state_dict keys unchanged; ODE block eager)
+    # torch.compile the block's whole solve in place (state_dict keys unchanged; ODE block eager), the training
+    # forward + loss as one graph (float32, no penalties) and Adam fused; an ensemble's batched forward + loss
+    compile: bool = False
     # K > 1: train seeds seed, seed+1, ..., seed+K-1 of this config in one process as one batched ensemble
     # (torch.func.vmap), each member written to the run folder its separate run would use (odenet.runner.ensemble)
     ensemble: int = 1
@@ -163,6 +169,9 @@ class AdaptationConfig:
     decrease: float = 0.5  # h <- decrease * h when the gap is too large
     increase: float = 1.1  # growth tried when it is not
     initial_step_size: float | None = None  # None: block.T / solver.steps
+    # fixed: initial_step_size | hairer: Hairer et al.'s starting-step heuristic on the first training batch at init
+    # (Ott et al.'s code, find_initial_step_size, order 1 for euler), capped at max_step_size
+    initial: str = "fixed"
     max_step_size: float | None = None  # None: block.T (one step)
     min_step_size: float | None = None  # None: block.T / 500 (Ott et al.'s max_steps)
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..blocks import Block, ODEBlock, ResidualStack, raised_by_field
 from ..models import Classifier
-from .accel import augment_images
+from .accel import augment_images, compiled_training_loss
 from .adaptation import StepSizeAdaptation
 from .config import Config
 from .rundir import RunDir
@@ -103,6 +103,12 @@ def backward(model: Classifier, loss: torch.Tensor) -> None:
         if isinstance(block, ODEBlock):
             raise block.solver_error(f"in the adjoint (backward) solve: {err}") from err
         raise
+
+
+def _logits_and_loss(x: torch.Tensor, y: torch.Tensor, model: Classifier, loss_fn: Callable[..., torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(x)
+    return logits, loss_fn(logits, y)
 
 
 def _new_window() -> dict[str, Any]:
@@ -197,11 +203,23 @@ class Trainer:
         self._write_history(state)
         return row
 
+    def forward_loss(self, loss_fn: Callable[..., torch.Tensor], weighted: bool
+                     ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``x, y -> (logits, task loss)``; ``trainer.compile`` compiles both as one graph (its backward with it)
+        when the block is compiled, unpenalised (``weighted`` false), float32 and not changed during the run (no
+        step-size adaptation or growth: each change would compile anew); else the model's own call."""
+        model = self.model
+        fixed = self.adapter is None and self.growth is None
+        if self.cfg.trainer.compile and model.block.compiled and not weighted and model.amp_dtype is None and fixed:
+            return compiled_training_loss(_logits_and_loss, model, loss_fn)
+        return lambda x, y: _logits_and_loss(x, y, model, loss_fn)
+
     def fit(self, state: TrainState, x_train: torch.Tensor, y_train: torch.Tensor, task: str) -> TrainState:
         """Train from ``state.iteration`` to ``total``, logging every ``trainer.log_every`` and checkpointing."""
         cfg, model, adapter = self.cfg, self.model, self.adapter
         loss_fn, regression = loss_function(task), task == "regression"
         weights = {name: getattr(cfg.regularization, name) for name in model.block.regularizers}
+        forward_loss = self.forward_loss(loss_fn, bool(weights))
         device = x_train.device
         t0 = time.perf_counter()
         bar = tqdm(
@@ -218,8 +236,7 @@ class Trainer:
                 idx = self.sampler.next().to(device)
                 xb, yb = x_train[idx], y_train[idx]
                 xb = augment_images(xb, cfg.data.augment, cfg.data.crop_padding)  # on the device; none: xb itself
-                logits = model(xb)
-                task_loss = loss_fn(logits, yb)
+                logits, task_loss = forward_loss(xb, yb)
                 penalties = model.block.regularization  # integrated alongside the state (empty when unweighted)
                 loss = task_loss + sum(weights[name] * value for name, value in penalties.items())
                 if not torch.isfinite(loss):

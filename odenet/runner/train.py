@@ -130,6 +130,7 @@ def prepare(cfg: Config, run: RunDir, key: str, model: Classifier, data: Dataset
         cfg.analysis) else {}
     adapter = StepSizeAdaptation.from_config(cfg) if cfg.adaptation.enabled else None
     if adapter is not None:
+        adapter.initialize(model, data.x_train[:cfg.trainer.batch_size].to(device), cfg.adaptation.initial)
         adapter.attach(model)  # a fixed-grid ODE block on the same field, at the initial step size
     total = total_iterations(cfg, len(data.x_train))
     optimizer, scheduler = build_optimizer(cfg, model, total)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from ..models import AMP_DTYPES, IMAGE_STEMS
 from ..regularization import NOISES
 from ..solvers import ADAPTIVE_SOLVERS, SCHEMES, TORCHDIFFEQ_FIXED, all_solver_names, is_adaptive
-from .build import BLOCKS, FIELDS, HEADS, OPTIMIZERS, SCHEDULES, check_field_config, regularizers
+from .build import BLOCKS, FIELDS, HEADS, OPTIMIZERS, SCHEDULES, check_arch, check_field_config, regularizers
 from .config import Config, check_keys
 from .errors import ConfigError, check_choice
 from .ranges import LOGGERS, OBJECTIVES, RANGES, Range, check_ranges
@@ -74,6 +74,7 @@ def _check_model(cfg: Config) -> None:
     if cfg.model.stem != "lift" and f.kind != "conv":
         raise ConfigError(f"model.stem={cfg.model.stem} is an image stem: it needs field.kind=conv")
     check_field_config(f, None if is_adaptive(cfg.solver.name) else cfg.solver.steps)
+    check_arch(cfg)
     if f.kind == "conv" and f.kernel % 2 == 0:
         raise ConfigError(f"field.kernel must be odd (the state keeps its size), got {f.kernel}")
     penalties = regularizers(cfg)
@@ -167,7 +168,6 @@ def _check_ensemble(cfg: Config) -> None:
         (cfg.data.augment != "none", f"data.augment={cfg.data.augment} (draws from each run's global RNG)", ""),
         (r.kinetic > 0 or r.jacobian > 0, "regularization.kinetic / .jacobian", ""),
         (cfg.trainer.amp, "trainer.amp=true", ""),
-        (cfg.trainer.compile, "trainer.compile=true", ""),
     ]
     for bad, what, fix in refused:
         if bad:

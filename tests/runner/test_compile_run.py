@@ -34,3 +34,52 @@ def test_a_compiled_run_matches_the_eager_run_and_loads_eager(tmp_path):
     assert not model.block.compiled
     keys = torch.load(tmp_path / "compiled" / "model.pt", weights_only=True).keys()
     assert keys == build_model_for(load_config(SMOKE)).state_dict().keys()
+
+
+def test_compile_builds_a_fused_adam_that_steps_as_the_unfused_one():
+    from odenet.runner.build import build_optimizer
+
+    torch.manual_seed(0)
+    cfg_eager, cfg_compiled = load_config([*SMOKE, "optimizer.weight_decay=0.01"]), load_config(
+        [*SMOKE, "optimizer.weight_decay=0.01", "trainer.compile=true", "optimizer.schedule=cosine"])
+    models = [build_model_for(cfg_eager) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    (plain, _), (fused, schedule) = build_optimizer(cfg_eager, models[0], 10), build_optimizer(cfg_compiled,
+                                                                                               models[1], 10)
+    assert fused.param_groups[0]["fused"] and not plain.param_groups[0]["fused"]
+    assert schedule is not None and fused.param_groups[0]["initial_lr"] == cfg_compiled.optimizer.lr
+    assert fused.param_groups[0]["weight_decay"] == 0.01 and len(fused.param_groups) == len(plain.param_groups)
+    for _ in range(3):
+        for model, opt in zip(models, (plain, fused)):
+            opt.zero_grad()
+            for p in model.parameters():  # the same synthetic gradient for both
+                p.grad = torch.ones_like(p) * 0.1 + p.detach() * 0.5
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_the_compiled_training_forward_is_one_graph_equal_to_eager():
+    from torch._dynamo.utils import counters
+
+    from odenet.runner.loop import Trainer, loss_function
+
+    cfg = load_config([*SMOKE, "trainer.compile=true"])
+    model = build_model_for(cfg)
+    eager = build_model_for(load_config(SMOKE))
+    eager.load_state_dict(model.state_dict())
+    assert compile_block(model)
+    trainer = Trainer(cfg, model, None, None, None, None, None, None, "", 1)  # type: ignore[arg-type]
+    loss_fn = loss_function("classification")
+    step = trainer.forward_loss(loss_fn, weighted=False)
+    torch._dynamo.reset()
+    counters.clear()
+    x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))  # the smoke config's digits: 64 pixels, 10 classes
+    for _ in range(3):
+        logits, loss = step(x, y)
+        loss.backward()
+    assert counters["stats"]["unique_graphs"] == 1
+    want_logits = eager(x)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, loss_fn(want_logits, y), rtol=1e-5, atol=1e-6)

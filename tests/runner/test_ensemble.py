@@ -112,6 +112,31 @@ def test_members_follow_their_separate_runs(tmp_path, variant):
                 torch.testing.assert_close(mine_opt[idx][key], value, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_a_compiled_ensemble_follows_the_separate_runs_and_compiles_its_step_once(tmp_path):
+    from torch._dynamo.utils import counters
+
+    overrides = ["trainer.iterations=20", "trainer.log_every=1", "trainer.checkpoint_every=20"]
+    separate(tmp_path / "sep", overrides)  # eager separate runs
+    cfg, runs = ensemble_runs(tmp_path / "ens", [*overrides, "trainer.compile=true"])
+    with prepared_members(cfg, runs) as (jobs, rngs):
+        ens = Ensemble(jobs, rngs)
+        assert ens.compile and ens.batched is not None
+        assert not Ensemble(jobs, rngs, fast=False).compile  # the vmap fallback stays eager
+        torch._dynamo.reset()
+        counters.clear()
+        ens.fit()
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs == 1 and len(ens._compiled) == 1  # one graph for 20 iterations: no recompile
+    for s, (path, _) in enumerate(runs):
+        ours, theirs = history(path), history(tmp_path / "sep" / f"seed={s}")
+        assert len(ours) == len(theirs) == 20
+        for a, b in zip(ours, theirs):
+            for key in a:
+                if key != "seconds":
+                    assert math.isclose(float(a[key] or 0), float(b[key] or 0), rel_tol=1e-4, abs_tol=1e-6), key
+
+
 def test_run_folders_and_report_are_those_of_separate_runs(tmp_path):
     from odenet.reports.write import write_report
 
@@ -173,7 +198,7 @@ def test_diverged_members_fail_as_their_separate_runs_fail(tmp_path):
 
 @pytest.mark.parametrize("override", [
     "solver=dopri5", "block=ode", "data.augment=flip", "regularization.kinetic=0.1", "regularization.jacobian=0.1",
-    "trainer.amp=true", "trainer.compile=true", "adaptation.enabled=true",
+    "trainer.amp=true", "adaptation.enabled=true",
 ])
 def test_what_would_couple_the_members_is_refused_in_one_line(override):
     with pytest.raises(ConfigError) as err:

@@ -1,0 +1,111 @@
+"""Ott et al.'s Sphere2 protocol, runner side: the composed configs, the model they build, Hairer's initial step."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from odenet.fields import Conv1dField, LinearField
+from odenet.runner.adaptation import StepSizeAdaptation, StepSizeRule, hairer_initial_step
+from odenet.runner.build import build_model
+from odenet.runner.config import load_config
+from odenet.runner.errors import ConfigError
+from odenet.runner.train import train_and_evaluate
+
+OTT = ("step_size_ablation_ott", "step_adaptation_ott")
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "conf" / "experiment"
+
+
+def _resolved(name: str, *extra: str) -> dict:
+    return OmegaConf.to_container(load_config([f"+experiment={name}", *extra]), resolve=True)
+
+
+def test_ott_experiments_share_their_published_settings():
+    grid, adapt = (_resolved(n) for n in OTT)
+    for key in ("data", "field", "model", "block", "optimizer", "trainer"):
+        assert grid[key] == adapt[key], key
+    assert grid["data"]["name"] == "sphere2_ott" and grid["model"]["augment_dim"] == 0
+    assert grid["model"]["init"] == "kaiming" and grid["field"]["kind"] == "conv1d" and grid["field"]["time"] == "none"
+    assert (grid["optimizer"]["name"], grid["optimizer"]["lr"], grid["optimizer"]["schedule"]) == ("adam", 1e-4, "none")
+    assert grid["trainer"]["batch_size"] == 128
+    a = adapt["adaptation"]
+    assert a["enabled"] and not grid["adaptation"]["enabled"]
+    assert (a["every"], a["threshold"], a["accuracy_factor"], a["initial"]) == (50, 0.1, 50, "hairer")
+    assert (a["min_step_size"], a["max_step_size"]) == (0.002, 1.0)
+
+
+def test_ott_sweeps_run_five_seeds_and_our_variant_is_unchanged():
+    for name in OTT:
+        sweep = OmegaConf.load(EXPERIMENTS / f"{name}.yaml").hydra.sweeper.params
+        assert str(sweep.seed) == "0,1,2,3,4"
+    ours = _resolved("step_size_ablation")
+    assert (ours["data"]["name"], ours["field"]["kind"], ours["model"]["augment_dim"]) == ("sphere2", "mlp", 1)
+    assert ours["model"]["init"] == "default" and ours["optimizer"]["lr"] == 3e-3
+    assert _resolved("step_adaptation")["adaptation"]["initial"] == "fixed"
+
+
+def test_ott_model_has_their_parameter_count_and_init():
+    """Field 3201 (tests/library/test_ott_library.py) + head Linear(2, 2) = 6: 3207; Kaiming: zero biases."""
+    cfg = load_config(["+experiment=step_size_ablation_ott", "+train_solver=euler_8"])
+    torch.manual_seed(0)
+    model = build_model(cfg, (2,), 2)
+    assert isinstance(model.block.field, Conv1dField)
+    assert sum(p.numel() for p in model.parameters()) == 3207
+    assert not any(isinstance(m, nn.Linear) for m in model.stem.modules())  # no lift, no augmentation
+    assert isinstance(model.head, nn.Linear) and tuple(model.head.weight.shape) == (2, 2)
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d)):
+            assert float(m.bias.detach().abs().max()) == 0.0
+    assert model(torch.zeros(5, 2)).shape == (5, 2)
+
+
+def test_conv1d_field_refuses_a_time_input():
+    cfg = load_config(["+experiment=step_size_ablation_ott", "+train_solver=euler_8", "field.time=concat"])
+    with pytest.raises(ConfigError, match="autonomous"):
+        build_model(cfg, (2,), 2)
+
+
+def test_hairer_initial_step_known_answer():
+    """F(x) = 2x on points of norm 0.5: d0 = 0.5, d1 = 1, h0 = 0.005, d2 = 2 -> h1 = (0.01 / 2)^(1/2) < 100 h0."""
+    field = LinearField(2)
+    with torch.no_grad():
+        field.linear.weight.copy_(2 * torch.eye(2))
+    x = torch.tensor([[0.3, 0.4], [0.5, 0.0], [0.0, -0.5]])
+    assert hairer_initial_step(field, x, order=1) == pytest.approx(math.sqrt(0.005), rel=1e-5)
+    assert hairer_initial_step(field, x, order=3) == pytest.approx(0.005**0.25, rel=1e-5)
+    # a slow field, F = 0.002 x: d1 = 0.001, d2 = 2e-6, h1 = (0.01 / 0.001)^(1/2) = 3.16 < 100 h0 = 500;
+    # the rule caps it at T
+    with torch.no_grad():
+        field.linear.weight.copy_(0.002 * torch.eye(2))
+    assert hairer_initial_step(field, x, order=1) == pytest.approx(math.sqrt(10.0), rel=1e-4)
+    adapter = StepSizeAdaptation(StepSizeRule(min_step_size=0.002, max_step_size=1.0), 0.125)
+    model = SimpleNamespace(stem=nn.Identity(), block=SimpleNamespace(field=field))
+    adapter.initialize(model, x, "hairer")
+    assert adapter.step_size == adapter.initial_step_size == 1.0
+    adapter.initialize(model, x, "fixed")  # keeps what it has
+    assert adapter.step_size == 1.0
+    with pytest.raises(ValueError, match="adaptation.initial"):
+        adapter.initialize(model, x, "guess")
+
+
+def test_ott_adaptation_smoke_run_starts_at_hairers_step(tmp_path):
+    cfg = load_config(["+experiment=step_adaptation_ott", "+debug=smoke", "seed=0", "hydra.mode=RUN"])
+    metrics = train_and_evaluate(cfg, tmp_path)
+    a = metrics["train"]["adaptation"]
+    torch.manual_seed(0)
+    model = build_model(cfg, (2,), 2)
+    from odenet.data import load_dataset
+
+    x = load_dataset("sphere2_ott", n_train=64, n_test=64).x_train[:32]
+    expected = hairer_initial_step(model.block.field, x, order=1)
+    assert 0.002 <= a["initial_step_size"] <= 1.0
+    assert a["initial_step_size"] == pytest.approx(min(expected, 1.0), rel=1e-5)
+    assert a["accuracy_factor"] == 50 and a["checks"] == 3
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "ok"

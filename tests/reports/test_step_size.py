@@ -126,6 +126,13 @@ def test_step_factor_table_matches_round_n_over_factor():
     assert row.rstrip(" |").endswith("0.300 ± 0.000 (4)")
 
 
+def test_step_factor_table_is_empty_when_every_model_is_tested_at_its_own_step_only():
+    """A depth sweep (each model at its training step, no other factor) has nothing to compare across factors."""
+    own_step = [r for r in _synthetic_rows() if r["test_steps"] == r["train_steps"]]
+    assert len({r["train_steps"] for r in own_step}) >= 2
+    assert step_factor_table(own_step) == []
+
+
 # --- folds of the step map ---------------------------------------------------------------------
 
 

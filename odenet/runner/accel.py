@@ -170,6 +170,20 @@ def fused_adam(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         return optimizer
 
 
+IMPLEMENTATION_FLAGS = ("fused", "foreach")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)`` keeping ``optimizer``'s own ``fused`` / ``foreach`` per group.
+
+    ``load_state_dict`` replaces the param groups with the saved ones, flags included: a ``trainer.compile=true``
+    checkpoint resumed with ``compile=false`` would go on stepping fused Adam (and the reverse drop it). The flags are
+    put into the saved groups before loading, so the state (Adam's ``step``) is also cast for the kernel that runs."""
+    groups = [{**saved, **{k: own[k] for k in IMPLEMENTATION_FLAGS if k in own}}
+              for saved, own in zip(state["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
+
+
 def describe_precision(model: Classifier) -> str:
     """A line for the run's log: the autocast dtype and where float32 is kept."""
     if model.amp_dtype is None:

@@ -32,10 +32,13 @@ import torch
 from torch import Tensor
 
 from ..blocks import Block, ODEBlock
-from ..solvers import TORCHDIFFEQ_FIXED
+from ..solvers import SCHEMES, TORCHDIFFEQ_FIXED
 from .config import AdaptationConfig, Config
 
-__all__ = ["Decision", "StepSizeRule", "StepSizeAdaptation", "grid_steps", "hairer_initial_step", "snap_step_size"]
+__all__ = [
+    "Decision", "StepSizeRule", "StepSizeAdaptation", "grid_steps", "hairer_initial_step", "snap_step_size",
+    "solver_order",
+]
 
 ACTIONS = ("halve", "grow", "reject_growth", "at_min", "at_max")
 
@@ -116,20 +119,36 @@ def snap_step_size(step_size: float, T: float, rel: float = 1e-6) -> float:
 
 
 INITIAL_RULES = ("fixed", "hairer")
-ORDERS = {"euler": 1, "midpoint": 2, "rk4": 4}
+
+
+def solver_order(name: str) -> int:
+    """The order of the fixed-step scheme ``name`` (from odenet's Butcher tableau), for :func:`hairer_initial_step`."""
+    if name not in SCHEMES:
+        raise ValueError(f"adaptation.initial=hairer needs the training solver's order: solver.name must be one of "
+                         f"{sorted(SCHEMES)}, got {name!r}")
+    return SCHEMES[name].order
 
 
 @torch.no_grad()
 def hairer_initial_step(field: Callable[[Tensor, Tensor], Tensor], x: Tensor, order: int) -> float:
     """Hairer, Nørsett & Wanner (1993, p. 169)'s starting step, with batch-mean norms (Ott et al.'s
-    ``find_initial_step_size``): ``d0 = mean |x|``, ``d1 = mean |F(x)|``, ``h0 = 0.01 d0 / d1`` (``1e-6`` if either
-    is below ``1e-5``), ``d2 = mean |F(x + h0 F(x)) - F(x)| / h0``, ``h1 = (0.01 / max(d1, d2))^(1 / (order + 1))``
-    (``max(1e-6, 1e-3 h0)`` if that max is below ``1e-15``); returns ``min(100 h0, h1)``. Norms over the last axis."""
+    ``find_initial_step_size``): ``d0 = mean |x|``, ``d1 = mean |F(0, x)|``, ``h0 = 0.01 d0 / d1`` (``1e-6`` if
+    either is below ``1e-5``), ``d2 = mean |F(h0, x + h0 F(0, x)) - F(0, x)| / h0``,
+    ``h1 = (0.01 / max(d1, d2))^(1 / (order + 1))`` (``max(1e-6, 1e-3 h0)`` if that max is below ``1e-15``); returns
+    ``min(100 h0, h1)``.
+
+    ``|.|`` is the Euclidean norm of each example over all its non-batch dimensions (the first axis is the batch),
+    *unscaled*: not Hairer et al.'s ``atol + rtol |x0|`` weighted norm, which a fixed-step solver has no tolerances
+    for."""
     t0 = torch.zeros((), dtype=x.dtype, device=x.device)
+
+    def norm(v: Tensor) -> float:
+        return float(v.flatten(1).norm(dim=1).mean())
+
     f0 = field(t0, x)
-    d0, d1 = float(x.norm(dim=-1).mean()), float(f0.norm(dim=-1).mean())
+    d0, d1 = norm(x), norm(f0)
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-    d2 = float((field(t0, x + h0 * f0) - f0).norm(dim=-1).mean()) / h0
+    d2 = norm(field(t0 + h0, x + h0 * f0) - f0) / h0
     h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) < 1e-15 else (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
     return min(100 * h0, h1)
 
@@ -187,7 +206,7 @@ class StepSizeAdaptation:
         if rule not in INITIAL_RULES:
             raise ValueError(f"adaptation.initial must be one of {list(INITIAL_RULES)}, got {rule!r}")
         if rule == "hairer":
-            h = hairer_initial_step(model.block.field, model.stem(x), ORDERS[self.solver])
+            h = hairer_initial_step(model.block.field, model.stem(x), solver_order(self.solver))
             h = min(max(h, self.rule.min_step_size), self.rule.max_step_size)
             self.initial_step_size = self.step_size = snap_step_size(h, self.T)
 

@@ -177,10 +177,17 @@ def check_arch(cfg: Config) -> None:
               ("model.augment_dim=0", cfg.model.augment_dim != 0), ("model.init=default", cfg.model.init != "default"),
               ("no regularization", bool(regularizers(cfg))), ("adaptation.enabled=false", cfg.adaptation.enabled),
               ("growth.mode=none", cfg.growth.mode != "none"), ("trainer.ensemble=1", cfg.trainer.ensemble > 1),
-              ("trainer.compile=false", cfg.trainer.compile)]
+              ("trainer.compile=false", cfg.trainer.compile), ("trainer.amp=false", cfg.trainer.amp)]
     for want, bad in others:
         if bad:
             raise ConfigError(f"{fix}: it builds its own untied BN conv blocks and needs {want}")
+    for key in ("gradients", "trajectory", "adaptive_steps", "depth"):  # they read an ODE block's field or states
+        if getattr(cfg.analysis, key):
+            raise ConfigError(f"{fix}: analysis.{key} needs a block on a field; set analysis.{key}=false")
+    for i, ev in enumerate(cfg.evaluation.solvers):  # a staged net has no other scheme or step count
+        if ev.name != "euler" or (ev.steps != s.steps if ev.steps is not None else ev.step_factor != 1):
+            raise ConfigError(f"{fix}: evaluation.solvers[{i}] must be euler at the training steps ({s.steps}), "
+                              f"got name={ev.name}, steps={ev.steps}, step_factor={ev.step_factor}")
 
 
 def _he_model(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> Classifier:

@@ -44,7 +44,7 @@ from ..blocks import NonFiniteStateError, SolverError
 from ..fields import Augment, DepthIndexedField, MLPField
 from ..models import Classifier
 from ..stack import ResidualStack
-from .accel import apply_threads, compiled_training_loss, resolve_device, seed_everything
+from .accel import apply_threads, compiled_training_loss, load_optimizer_state, resolve_device, seed_everything
 from .build import build_model
 from .config import Config, job_dir_name
 from .evaluate import NonFiniteOutput
@@ -242,7 +242,7 @@ class Ensemble:
             stacked = {idx: {h: torch.stack([s["state"][idx][h] for s in states])
                              if _per_member(v, self.shapes[idx]) else v for h, v in st.items()}
                        for idx, st in states[0]["state"].items()}
-            self.optimizer.load_state_dict({"state": stacked, "param_groups": states[0]["param_groups"]})
+            load_optimizer_state(self.optimizer, {"state": stacked, "param_groups": states[0]["param_groups"]})
 
     @property
     def block(self) -> Any:

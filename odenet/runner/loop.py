@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..blocks import Block, ODEBlock, ResidualStack, raised_by_field
 from ..models import Classifier
-from .accel import augment_images, compiled_training_loss
+from .accel import augment_images, compiled_training_loss, load_optimizer_state
 from .adaptation import StepSizeAdaptation
 from .config import Config
 from .rundir import RunDir
@@ -161,7 +161,7 @@ class Trainer:
         if self.growth is not None:  # a checkpoint taken after the growth: the grown structure first
             self.growth.load_state_dict(ckpt.get("growth"), self)
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(self.optimizer, ckpt["optimizer"])  # this run's fused / foreach, not the saved ones
         if self.scheduler is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.sampler.load_state_dict(ckpt["sampler"])

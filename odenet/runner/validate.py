@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from ..models import AMP_DTYPES, IMAGE_STEMS
 from ..regularization import NOISES
 from ..solvers import ADAPTIVE_SOLVERS, SCHEMES, TORCHDIFFEQ_FIXED, all_solver_names, is_adaptive
+from .adaptation import INITIAL_RULES
 from .build import BLOCKS, FIELDS, HEADS, OPTIMIZERS, SCHEDULES, check_arch, check_field_config, regularizers
 from .config import Config, check_keys
 from .errors import ConfigError, check_choice
@@ -75,6 +76,9 @@ def _check_model(cfg: Config) -> None:
         raise ConfigError(f"model.stem={cfg.model.stem} is an image stem: it needs field.kind=conv")
     check_field_config(f, None if is_adaptive(cfg.solver.name) else cfg.solver.steps)
     check_arch(cfg)
+    if cfg.model.init == "kaiming" and (f.zero_init or f.init != "default"):
+        raise ConfigError(f"model.init=kaiming redraws every layer after the field is built, overwriting "
+                          f"field.zero_init={str(f.zero_init).lower()} / field.init={f.init}: keep only one of them")
     if f.kind == "conv" and f.kernel % 2 == 0:
         raise ConfigError(f"field.kernel must be odd (the state keeps its size), got {f.kernel}")
     penalties = regularizers(cfg)
@@ -137,9 +141,10 @@ def _check_growth(cfg: Config) -> None:
 def _check_adaptation(cfg: Config) -> None:
     """The ``adaptation`` section makes sense with the rest of the config."""
     a = cfg.adaptation
+    check_choice("adaptation.initial", a.initial, INITIAL_RULES)
     if not a.enabled:
         return
-    fixed = sorted(set(SCHEMES) & set(TORCHDIFFEQ_FIXED))
+    fixed = sorted(set(SCHEMES) & set(TORCHDIFFEQ_FIXED))  # odenet's tableaus: each has the order hairer needs
     if cfg.solver.name not in fixed:
         raise ConfigError(
             f"adaptation.enabled=true adapts a fixed step: solver.name must be one of {fixed}, got {cfg.solver.name!r}"

@@ -94,6 +94,22 @@ VALUE_CASES = [
     (["adaptation.enabled=true", "adaptation.min_step_size=0.9", "adaptation.max_step_size=0.1"],
      "adaptation.min_step_size"),
     (["adaptation.enabled=true", "block=plain"], "adaptation.enabled"),
+    (["adaptation.initial=guess"], "adaptation.initial"),
+    (["adaptation.enabled=true", "adaptation.initial=Hairer"], "adaptation.initial"),
+    # model.init=kaiming redraws the field after build_field: it would overwrite the field's own init
+    (["model.init=kaiming", "field.zero_init=true"], "field.zero_init=true"),
+    (["model.init=kaiming", "field.zero_init=true"], "model.init=kaiming"),
+    (["model.init=kaiming", "field.init=he"], "field.init=he"),
+    # model.arch=he: a staged net, no autocast, no field to analyse, no other evaluation scheme or step count
+    (["+experiment=degradation_he", "trainer.amp=true"], "trainer.amp"),
+    (["+experiment=degradation_he", "analysis.gradients=true"], "analysis.gradients"),
+    (["+experiment=degradation_he", "analysis.trajectory=true"], "analysis.trajectory"),
+    (["+experiment=degradation_he", "analysis.adaptive_steps=true"], "analysis.adaptive_steps"),
+    (["+experiment=degradation_he", "analysis.depth=true"], "analysis.depth"),
+    (["+experiment=degradation_he", "+evaluation.solvers=[{name: midpoint, step_factor: 1}]"], "evaluation.solvers[0]"),
+    (["+experiment=degradation_he", "+evaluation.solvers=[{name: euler, steps: 6}]"], "evaluation.solvers[0]"),
+    (["+experiment=degradation_he", "+evaluation.solvers=[{name: euler, step_factor: 1}, {name: euler, step_factor: 2}]"
+      ], "evaluation.solvers[1]"),
     (["regularization.kinetic=-1"], "regularization.kinetic"),
     (["regularization.jacobian=-0.5"], "regularization.jacobian"),
     (["regularization.noise=sobol"], "regularization.noise"),
@@ -114,6 +130,13 @@ VALUE_CASES = [
     (["+fooo=1"], "fooo"),
     (["+data.rooot=/tmp"], "data.rooot"),
 ]
+
+
+def test_he_evaluation_at_the_training_solver_passes():
+    """The control of the refusals above: euler at the training steps, by count or by factor, is accepted."""
+    steps = load_config(["+experiment=degradation_he"]).solver.steps
+    validate(_config(["+experiment=degradation_he",
+                      f"+evaluation.solvers=[{{name: euler, steps: {steps}}}, {{name: euler, step_factor: 1}}]"]))
 
 
 def _config(overrides):

@@ -59,6 +59,49 @@ def test_compile_builds_a_fused_adam_that_steps_as_the_unfused_one():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("saved_compiled", [True, False])
+def test_a_resumed_optimiser_keeps_its_own_fused_flag(saved_compiled):
+    """``load_state_dict`` copies the saved groups' ``fused`` / ``foreach``: a compile=true checkpoint resumed with
+    compile=false would go on stepping fused Adam (and the reverse drop it). The restore keeps the fresh optimiser's
+    flags and its state: it then steps as an optimiser of its own kind that had never been saved."""
+    from types import SimpleNamespace
+
+    from odenet.runner.build import build_optimizer
+    from odenet.runner.loop import Trainer
+
+    def step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        for p in model.parameters():
+            p.grad = torch.ones_like(p) * 0.1 + p.detach() * 0.5
+        opt.step()
+
+    cfgs = {c: load_config([*SMOKE, f"trainer.compile={str(c).lower()}"]) for c in (True, False)}
+    torch.manual_seed(0)
+    model, reference = build_model_for(cfgs[True]), build_model_for(cfgs[True])
+    reference.load_state_dict(model.state_dict())
+    saved, _ = build_optimizer(cfgs[saved_compiled], model, 10)
+    never_saved, _ = build_optimizer(cfgs[not saved_compiled], reference, 10)
+    for _ in range(2):
+        step(model, saved)
+        step(reference, never_saved)
+    fresh, _ = build_optimizer(cfgs[not saved_compiled], model, 10)
+    flags = [(g["fused"], g["foreach"]) for g in fresh.param_groups]
+    assert [bool(g["fused"]) for g in saved.param_groups] == [saved_compiled] * len(flags)
+    noop = SimpleNamespace(load_state_dict=lambda state: None)
+    trainer = SimpleNamespace(growth=None, model=model, optimizer=fresh, scheduler=None, sampler=noop, scaler=noop,
+                              adapter=None)
+    ckpt = {"model": model.state_dict(), "optimizer": saved.state_dict(), "sampler": None,
+            "torch_rng": torch.get_rng_state(), "scaler": None, "iteration": 2, "history": [], "window": {}}
+    Trainer.restore(trainer, ckpt)  # type: ignore[arg-type]
+    assert [(g["fused"], g["foreach"]) for g in fresh.param_groups] == flags
+    assert [bool(g["fused"]) for g in fresh.param_groups] == [not saved_compiled] * len(flags)
+    first = next(iter(fresh.state.values()))
+    assert float(first["step"]) == 2.0
+    step(model, fresh)
+    step(reference, never_saved)
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.slow
 def test_the_compiled_training_forward_is_one_graph_equal_to_eager():
     from torch._dynamo.utils import counters

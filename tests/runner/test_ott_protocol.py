@@ -95,6 +95,61 @@ def test_hairer_initial_step_known_answer():
         adapter.initialize(model, x, "guess")
 
 
+def test_hairer_initial_step_takes_the_second_call_at_t0_plus_h0():
+    """F(t, x) = 2x + 3t x on points of norm 0.5: d0 = 0.5, d1 = 1, h0 = 0.005;
+    F(h0, x + h0 F(0, x)) - F(0, x) = h0 x (4 + 3 + 6 h0), so d2 = 0.5 (7 + 6 h0) = 3.515 (at t = 0 it would be 2)."""
+    x = torch.tensor([[0.3, 0.4], [0.5, 0.0], [0.0, -0.5]])
+    h = hairer_initial_step(lambda t, y: 2 * y + 3 * t * y, x, order=1)
+    assert h == pytest.approx(math.sqrt(0.01 / 3.515), rel=1e-5)
+
+
+def test_hairer_initial_step_norms_each_example_over_all_its_dimensions():
+    """The same three 2-vectors as (3, 2), (3, 1, 2) or (3, 2, 1) states give the same step (F = 2x: sqrt(0.005))."""
+    x = torch.tensor([[0.3, 0.4], [0.5, 0.0], [0.0, -0.5]])
+    for shape in ((3, 2), (3, 1, 2), (3, 2, 1)):
+        h = hairer_initial_step(lambda t, y: 2 * y, x.reshape(shape), order=1)
+        assert h == pytest.approx(math.sqrt(0.005), rel=1e-5), shape
+
+
+def _hairer_before_the_review(field, x: torch.Tensor, order: int) -> float:
+    """The formula the recorded step_adaptation_ott runs used: F at t = 0 twice, norms over the last axis."""
+    t0 = torch.zeros(())
+    f0 = field(t0, x)
+    d0, d1 = float(x.norm(dim=-1).mean()), float(f0.norm(dim=-1).mean())
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    d2 = float((field(t0, x + h0 * f0) - f0).norm(dim=-1).mean()) / h0
+    h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) < 1e-15 else (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+    return min(100 * h0, h1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hairer_initial_step_is_unchanged_for_the_recorded_sphere2_runs(seed):
+    """Ott et al.'s Sphere2 field is autonomous on 2-D vectors: the corrected formula gives the recorded steps."""
+    torch.manual_seed(seed)
+    field = build_model(load_config(["+experiment=step_adaptation_ott"]), (2,), 2).block.field
+    x = torch.randn(32, 2)
+    with torch.no_grad():
+        old = _hairer_before_the_review(field, x, order=1)
+    assert hairer_initial_step(field, x, order=1) == pytest.approx(old, rel=1e-6)
+
+
+def test_every_solver_adaptation_allows_has_its_order():
+    """rk4_38 passed validation but had no order (a KeyError at the first batch): orders come from the tableaus."""
+    from odenet.runner.adaptation import solver_order
+    from odenet.runner.validate import validate
+
+    assert [solver_order(n) for n in ("euler", "midpoint", "rk4", "rk4_38")] == [1, 2, 4, 4]
+    cfg = load_config(["+experiment=step_adaptation_ott", "solver.name=rk4_38"])
+    validate(cfg)
+    adapter = StepSizeAdaptation.from_config(cfg)
+    x = torch.tensor([[0.3, 0.4], [0.5, 0.0], [0.0, -0.5]])
+    model = SimpleNamespace(stem=nn.Identity(), block=SimpleNamespace(field=lambda t, y: 2 * y))
+    adapter.initialize(model, x, "hairer")
+    assert adapter.initial_step_size == pytest.approx(0.005**0.2, rel=1e-5)  # (0.01 / 2)^(1 / 5): order 4
+    with pytest.raises(ValueError, match="solver.name"):
+        solver_order("dopri5")
+
+
 def test_ott_adaptation_smoke_run_starts_at_hairers_step(tmp_path):
     cfg = load_config(["+experiment=step_adaptation_ott", "+debug=smoke", "seed=0", "hydra.mode=RUN"])
     metrics = train_and_evaluate(cfg, tmp_path)

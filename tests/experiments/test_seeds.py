@@ -10,9 +10,8 @@ from omegaconf import OmegaConf
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "experiment"
 #: experiment -> seeds its hyper-parameters were chosen or checked on (never reported)
-TUNING_SEEDS = {"gradient_flow": set(), "loss_landscape": set(), "depth_smoothness": set()}
-# regularization is not listed: it still records seeds 0, 1 with weights from a seed-0 pilot (its README: the
-# seed-100 re-check and the pending re-run)
+TUNING_SEEDS = {"gradient_flow": set(), "loss_landscape": set(), "depth_smoothness": set(),
+                "regularization": {0, 100}}  # penalty weights: first pilot on seed 0, chosen on seed 100
 
 
 def swept_seeds(name: str) -> list[int]:
@@ -25,7 +24,7 @@ def swept_seeds(name: str) -> list[int]:
 
 
 def test_swept_seeds_reads_the_list_and_the_ensemble():
-    assert swept_seeds("regularization") == [0, 1]
+    assert swept_seeds("regularization") == [1, 2, 3]
     assert swept_seeds("depth_smoothness") == [0, 1, 2]  # one seed swept, trainer.ensemble: 3
 
 

@@ -87,7 +87,7 @@ def test_regularization_smoke_sweep(smoke_sweep):
         assert metrics["train"]["solver"] == "dopri5" and metrics["train"]["block"] == "ode"
         assert all(int(r["nfe_forward"]) >= 14 and r["nfe_backward"] == "0" for r in history)  # direct backprop
         if penalised:
-            assert cfg.regularization.jacobian == 0.01 and cfg.regularization.kinetic == 0.01
+            assert cfg.regularization.jacobian == 0.1 and cfg.regularization.kinetic == 0.1
             values = [float(r[p]) for r in history for p in ("kinetic", "jacobian")]
             assert all(math.isfinite(v) and v > 0 for v in values)
         else:
@@ -98,8 +98,8 @@ def test_regularization_smoke_sweep(smoke_sweep):
     text = (sweep / "report.md").read_text()
     assert "## Dynamics: accuracy and NFE" in text and "## Kinetic energy and Jacobian after training" in text
     assert "### sphere2" in text and "### digits" in text
-    assert re.search(label_cell("ANODE +1 (dopri5), kinetic 0.01, jacobian 0.01"), text)  # sphere2: Ott's model
-    assert re.search(label_cell("NODE (dopri5), kinetic 0.01, jacobian 0.01"), text)  # digits
+    assert re.search(label_cell("ANODE +1 (dopri5), kinetic 0.1, jacobian 0.1"), text)  # sphere2: Ott's model
+    assert re.search(label_cell("NODE (dopri5), kinetic 0.1, jacobian 0.1"), text)  # digits
     assert "kinetic (last 10 %)" in text and "## Topology" not in text
     for png in ("nfe_over_training.png", "flows.png"):  # flows: the sphere2 models (digits is 64-D)
         assert 0 < (sweep / png).stat().st_size <= MAX_PNG_BYTES
@@ -116,7 +116,7 @@ def test_model_labels_name_the_architecture_and_the_penalties():
     assert label("+experiment=augmentation", "+flow_model=anode") == "ANODE +1 (dopri5)"
     assert label("+experiment=augmentation", "+flow_model=resnet_32") == "ResNet N=32 (h=1/32)"
     assert label("+experiment=regularization", "+reg_task=digits", "+penalty=kinetic_jacobian",
-                 "solver.adjoint=true") == "NODE (dopri5, adjoint), kinetic 0.01, jacobian 0.01"
+                 "solver.adjoint=true") == "NODE (dopri5, adjoint), kinetic 0.1, jacobian 0.1"
     assert label("block=ode", "solver=euler", "solver.steps=4") == "NODE (euler N=4)"
     assert label("block=plain", "solver.steps=4", "regularization.kinetic=0") == "plain net N=4 (h=1/4)"
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from typing import Any
 
 from matplotlib.figure import Figure
+from omegaconf import OmegaConf
 
 from ..runner.rundir import RunDirError
 from .chance import label_mark, mark_cell, value_at_chance, withheld_line, withhold
@@ -58,6 +60,50 @@ def _degradation_data(ctx: ReportContext) -> ByDepth | None:
     return by
 
 
+#: Config keys that tell the cells of a degradation sweep apart (or vary with the seed): not compared.
+CELL_KEYS = ("block.kind", "solver.steps", "device", "threads", "logger")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def _setting(m: Run) -> dict[str, Any] | None:
+    """The run's resolved config without :data:`CELL_KEYS` and seeds (None: its folder holds no readable config)."""
+    try:
+        flat = _flatten(OmegaConf.to_container(m.cfg, resolve=True))
+    except RunDirError:
+        return None
+    return {k: v for k, v in flat.items() if k not in CELL_KEYS and "seed" not in k.rsplit(".", 1)[-1].lower()}
+
+
+def unlike_runs(by: ByDepth) -> str | None:
+    """Why the runs of ``by`` cannot be compared like with like (None: they can): runs whose configs differ beyond
+    block, depth and seed (the keys and their values named), or two runs of one seed in one cell."""
+    runs = [m for d in by.values() for ms in d.values() for m in ms]
+    settings = [_setting(m) for m in runs]
+    known = [x for x in settings if x is not None]
+    keys = sorted({k for x in known for k in x if len({repr(y.get(k)) for y in known}) > 1})
+    if keys or (known and len(known) < len(settings)):
+        diff = "; ".join(f"{k}: {', '.join(sorted({repr(x.get(k)) for x in known}))}" for k in keys[:5])
+        return ("Not compared: the runs differ in config beyond block, depth and seed"
+                + (f" ({diff}{'; ...' if len(keys) > 5 else ''})" if diff else " (some have no config)")
+                + "; report one setting per sweep.")
+    for b, d in by.items():
+        for n, ms in d.items():
+            seeds = [m.seed for m in ms]
+            twice = sorted({str(x) for x in seeds if seeds.count(x) > 1})
+            if twice:
+                return f"Not compared: {b} at depth {n} has more than one run of seed {', '.join(twice)}."
+    return None
+
+
+def _refused(heading: str, note: str) -> Section:
+    return Section([heading, "", note, ""], [note])
+
+
 def _resting_on_controls(ctx: ReportContext, by: ByDepth, lines: list[str], what: str) -> list[str]:
     """``lines``, or with the comparison withheld when a control is at chance: every residual net and the shallowest
     plain net must have trained (a deeper plain net at chance is what degradation looks like at its worst)."""
@@ -93,6 +139,7 @@ def _test_error(m: Run) -> float | None:
 
 
 def _by_seed(runs: list[Run], get: Callable[[Run], float | None]) -> dict[object, float | None]:
+    """seed -> ``get(run)`` (one run per seed: :func:`unlike_runs` refuses a cell with two)."""
     return {m.seed: get(m) for m in runs}
 
 
@@ -108,6 +155,8 @@ def degradation_he_section(ctx: ReportContext) -> list[str] | None:
     by = _he_data(ctx)
     if by is None:
         return None
+    if note := unlike_runs(by):
+        return _refused("## Degradation at h = 1 (He et al.'s staged net)", note)
     depths = sorted({n for d in by.values() for n in d})
     blocks = [b for b in ("plain", "residual") if b in by]
     header = ["depth 6n+2"] + [f"{b}: {name}" for name, _, _ in HE_METRICS for b in blocks]
@@ -149,6 +198,8 @@ def degradation_section(ctx: ReportContext) -> list[str] | None:
     by = _degradation_data(ctx)
     if by is None:
         return None
+    if note := unlike_runs(by):
+        return _refused("## Degradation (plain vs residual)", note)
     depths = sorted({n for d in by.values() for n in d})
     blocks = [b for b in ("plain", "residual") if b in by]
     header = ["depth N"] + [f"{b}: train loss" for b in blocks] + [f"{b}: test acc." for b in blocks]
@@ -205,7 +256,7 @@ def _depth_plot(by: ByDepth, series: tuple[tuple[str, Callable[[Run], float | No
 def degradation_plot(ctx: ReportContext) -> Figure | None:
     """Final training loss and test accuracy against depth, one line per block kind, dots for single seeds."""
     by = _degradation_data(ctx)
-    if by is None:
+    if by is None or unlike_runs(by):
         return None
     return _depth_plot(
         by, (("final training loss (cross-entropy, log scale)", _train_loss, True),
@@ -218,7 +269,7 @@ def degradation_plot(ctx: ReportContext) -> Figure | None:
 def degradation_he_plot(ctx: ReportContext) -> Figure | None:
     """He et al.'s staged nets: training loss, training error and test error against depth 6n + 2."""
     by = _he_data(ctx)
-    if by is None:
+    if by is None or unlike_runs(by):
         return None
     return _depth_plot(
         by, (("final training loss (cross-entropy, log scale)", _train_loss, True),

@@ -55,30 +55,39 @@ def _fit(ls: list[int], values: list[float]) -> str:
 
 
 def seed_slopes(d: dict[int, list[dict[str, Any]]], key: str) -> dict[Any, float]:
-    """seed -> the log-log slope in L of ``key`` (``max`` or ``rss``) over that seed's depths (at least 2)."""
+    """seed -> the log-log slope in L of ``key`` (``max`` or ``rss``), every seed fitted over the same depths: those
+    where all seeds of the task have a positive value (at least 2; else no slope)."""
     per: dict[Any, dict[int, float]] = {}
     for n, xs in d.items():
         for x in xs:
             if x[key] > 0:
                 per.setdefault(x["seed"], {})[n] = float(x[key])
-    out = {}
-    for seed, values in per.items():
-        if len(values) >= 2:
-            ls = sorted(values)
-            out[seed] = loglog_slope(ls, [values[n] for n in ls]).slope
-    return out
+    seeds = {x["seed"] for xs in d.values() for x in xs}
+    common = sorted(set.intersection(*(set(per.get(seed, {})) for seed in seeds))) if seeds else []
+    if len(common) < 2:
+        return {}
+    return {seed: loglog_slope(common, [values[n] for n in common]).slope for seed, values in per.items()}
+
+
+IID = "i.i.d. init"
 
 
 def _paired_lines(by: dict[str, dict[int, list[dict[str, Any]]]]) -> list[str]:
-    """Every task's per-seed slope of the max increment against the i.i.d.-init task's, paired by seed."""
-    ref = next((t for t in sorted(by) if "i.i.d." in t), None)
-    if ref is None or len(by) < 2:
+    """Each task's per-seed slope of the max increment minus that of the same field on the same data with i.i.d.
+    init (paired by seed); tasks without such a reference are not compared."""
+    body = []
+    for t in sorted(by):
+        field_data, _, init = t.rpartition(" (")
+        ref = f"{field_data} ({IID})"
+        if not field_data or init == f"{IID})" or ref not in by:
+            continue
+        d = paired(seed_slopes(by[t], "max"), seed_slopes(by[ref], "max"))
+        body.append([t, paired_text(d, "{:+.3f}"), str(len(d))])
+    if not body:
         return []
-    base = seed_slopes(by[ref], "max")
-    body = [[t, paired_text(d := paired(seed_slopes(by[t], "max"), base), "{:+.3f}"), str(len(d))]
-            for t in sorted(by) if t != ref]
-    return [f"Paired by seed: slope of the max increment minus that of {ref} (mean ± sample std over seeds).", "",
-            *md_table(["task", f"slope − slope of {ref}", "seeds"], body)]
+    return ["Paired by seed: slope of the max increment minus that of the same field and data with i.i.d. init "
+            "(mean ± sample std over seeds).", "",
+            *md_table(["task", "slope − slope with i.i.d. init", "seeds"], body)]
 
 
 @register_section("depth_smoothness")

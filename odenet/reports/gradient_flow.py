@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..runner.rundir import RunDirError
 from .chance import label_mark, mark_cell, value_at_chance, withheld_line, withhold
 from .collect import ReportContext
 from .figures import legend_union
@@ -58,20 +59,43 @@ def _g(ms: list[Run], name: str, end: int) -> str:
     return mean_std([g[end] if (g := _norms(m, name)) else None for m in ms], "{:.3g}")
 
 
+def _adjoint(run: Run) -> bool | None:
+    """Whether the run's block was trained through the adjoint (None: its config is not readable)."""
+    try:
+        return bool(run.cfg.solver.adjoint)
+    except RunDirError:
+        return None
+
+
+def _ode_name(ms: list[Run]) -> str:
+    """``ODE (adjoint)``, ``ODE`` (plain backprop) or ``ODE (adjoint: mixed)`` / ``ODE`` when the config is unknown."""
+    modes = {_adjoint(m) for m in ms}
+    if modes == {True}:
+        return "ODE (adjoint)"
+    return "ODE (adjoint: mixed)" if len(modes - {None}) > 1 else "ODE"
+
+
 def _paired_lines(groups: dict[str, list[Run]]) -> list[str]:
-    """Paired by seed: the ODE block (adjoint) minus the residual stack at the same N, and each shortcut block's
-    deepest minus shallowest N, of the trained ratio ‖g_0‖ / ‖g_N‖."""
-    by = {(ms[0].train.get("block"), ms[0].train.get("steps")): ms for ms in groups.values()}
+    """Paired by seed: the ODE block minus the residual stack at the same N, and each shortcut block's deepest minus
+    shallowest N, of the ratio ‖g_0‖ / ‖g_N‖ (groups keyed by their full label: never two models pooled; a
+    comparison is made only when the models to pair are unique)."""
+    info = {label: (ms[0].train.get("block"), ms[0].train.get("steps")) for label, ms in groups.items()}
     body = []
-    for (block, n), ms in sorted(by.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] or 0)):
-        if block == "ode" and ("residual", n) in by:
+    for label, (block, n) in info.items():
+        residual = [k for k, (b, m) in info.items() if b == "residual" and m == n]
+        if block == "ode" and n and len(residual) == 1:
             for name, when in (("gradients_init", "init"), ("gradients", "trained")):
-                d = paired(ratios(ms, name), ratios(by[("residual", n)], name))
-                body.append([f"ODE (adjoint) − residual, N={n}", when, str(len(d)), paired_text(d, "{:+.3g}")])
+                d = paired(ratios(groups[label], name), ratios(groups[residual[0]], name))
+                body.append([f"{_ode_name(groups[label])} − residual, N={n}", when, str(len(d)),
+                             paired_text(d, "{:+.3g}")])
     for block in ("residual", "ode", "plain"):
-        ns = sorted(n for b, n in by if b == block and n)
-        if len(ns) > 1:
-            lo, hi = by[(block, ns[0])], by[(block, ns[-1])]
+        at = {}
+        for label, (b, n) in info.items():
+            if b == block and n:
+                at.setdefault(n, []).append(label)
+        ns = sorted(at)
+        if len(ns) > 1 and len(at[ns[0]]) == 1 and len(at[ns[-1]]) == 1:
+            lo, hi = groups[at[ns[0]][0]], groups[at[ns[-1]][0]]
             for name, when in (("gradients_init", "init"), ("gradients", "trained")):
                 d = paired(ratios(hi, name), ratios(lo, name))
                 body.append([f"{block}: N={ns[-1]} − N={ns[0]}", when, str(len(d)), paired_text(d, "{:+.3g}")])
@@ -92,7 +116,8 @@ def gradient_flow_section(ctx: ReportContext) -> list[str] | None:
     body = []
     for label, ms in groups.items():
         acc = [m.train_eval().get("accuracy") for m in ms]
-        body.append([label + label_mark(ctx, [m.run_dir for m in ms]), str(len(ms)),
+        used = set(ratios(ms, "gradients_init")) | set(ratios(ms, "gradients"))  # the seeds the ratios rest on
+        body.append([label + label_mark(ctx, [m.run_dir for m in ms]), str(len(used)),
                      mark_cell(mean_std(acc), value_at_chance(acc, [m.baseline for m in ms])),
                      mean_std(ratios(ms, "gradients_init").values(), "{:.3g}"),
                      _g(ms, "gradients", 0), _g(ms, "gradients", 1),

@@ -83,13 +83,15 @@ def load_grid(path: str | Path) -> Grid:
     for euler-trained models at N steps, and ``{"dopri5": {...}}`` for models trained through an adaptive solver.
 
     ``train`` is the test accuracy under the training solver, ``nfe`` its NFE per forward, ``at_chance`` whether
-    that model did not beat its majority-class baseline (the ``beats_baseline`` column), the other keys the
-    accuracy under that test solver at the training step size.
+    that model did not beat its majority-class baseline (the ``beats_baseline`` column), ``h`` its
+    ``train_step_size``, the other keys the accuracy under that test solver at the training step size. The
+    reference (``dopri5``) of a seed evaluated at several tolerances is the one at the tightest ``rtol``.
     """
     p = Path(path)
     if p.is_dir():
         p = p / SUMMARY
     grid: Grid = {}
+    tightest: dict[tuple[Any, str, Any], float] = {}  # rtol of the reference kept per (N, solver, seed)
     for r in read_csv(p):
         n, acc = _num(r.get("train_steps")), _num(r.get("accuracy"))
         if acc is None or r.get("status") != "ok":
@@ -108,11 +110,23 @@ def load_grid(path: str | Path) -> Grid:
             cell.setdefault("train", {})[seed] = acc
             cell.setdefault("at_chance", {})[seed] = r.get("beats_baseline") == "False"
             cell.setdefault("nfe", {})[seed] = _num(r.get("nfe")) or math.nan
+            cell.setdefault("h", {})[seed] = _num(r.get("train_step_size"))
         elif isinstance(key, int) and _num(r.get("test_steps")) == n:
             cell.setdefault(str(r["test_solver"]), {})[seed] = acc
         elif isinstance(key, int) and r.get("test_solver") in ADAPTIVE_TEST:  # the reference ODE solution
-            cell.setdefault(str(r["test_solver"]), {})[seed] = acc
+            solver, rtol = str(r["test_solver"]), _num(r.get("rtol"))
+            rtol = math.inf if rtol is None else rtol
+            if rtol < tightest.get((key, solver, seed), math.nan) or (key, solver, seed) not in tightest:
+                tightest[(key, solver, seed)] = rtol
+                cell.setdefault(solver, {})[seed] = acc
     return dict(sorted(grid.items(), key=lambda kv: (isinstance(kv[0], str), kv[0])))
+
+
+def grid_h(n: int, *cells: dict[str, dict[Any, float]]) -> float:
+    """The training step size of the grid cells of ``N = n``: their recorded ``train_step_size`` when all seeds
+    agree, else ``T / N`` (``T = 1``)."""
+    hs = {h for cell in cells for h in cell.get("h", {}).values() if h is not None and not math.isnan(h)}
+    return hs.pop() if len(hs) == 1 else 1.0 / n
 
 
 def _pct(s: Stats | None) -> str:
@@ -196,7 +210,7 @@ def adaptation_tables(runs: Sequence[dict[str, Any]], grid: Grid | None = None) 
         for n, cell in grid.items():
             nfe = _f(stats(cell.get("nfe", {}).values()), 0)
             if isinstance(n, int):
-                label, train_nfe = f"euler N={n} (h={fmt_h(1 / n)})", nfe
+                label, train_nfe = f"euler N={n} (h={fmt_h(grid_h(n, cell))})", nfe
             else:
                 label, train_nfe = f"{n} (adaptive; NFE at its training tolerance)", "–"
             lines.append(_row([label, train_nfe, nfe, _pct(stats(cell.get("train", {}).values())),
@@ -379,7 +393,9 @@ def load_adapted(path: str | Path) -> dict[Any, dict[str, float]]:
             continue
         cell = out.setdefault(r.get("seed"), {})
         if r.get("is_train_solver") == "True":
-            h = _num(r.get("train_step_size")) or 1.0 / float(r["train_steps"])  # h = T / N (T = 1) when snapped
+            h, n = _num(r.get("train_step_size")), _num(r.get("train_steps"))
+            if h is None:  # h = T / N (T = 1) when snapped and no step size was recorded
+                h = 1.0 / n if n else math.nan
             cell.update(train=acc, h=h, nfe=_num(r.get("nfe")) or math.nan)
         else:
             cell[str(r["test_solver"])] = acc
@@ -388,16 +404,16 @@ def load_adapted(path: str | Path) -> dict[Any, dict[str, float]]:
 
 def protocol_comparison(protocols: dict[str, Path]) -> list[str]:
     """Markdown: one row per protocol of adapted runs: seeds, final h and NFE, accuracy under the training solver and
-    dopri5 (%, mean ± std over seeds), and the paired change training solver -> dopri5 (points)."""
+    dopri5 (%, mean ± std over seeds), and the paired change training solver -> dopri5 (points); all over the
+    complete seeds (those with both accuracies), which ``seeds`` counts."""
     lines = ["| protocol | seeds | final h | final NFE | accuracy, training solver | accuracy, dopri5 | "
              "training -> dopri5 (points, paired) |", "|---|---|---|---|---|---|---|"]
     for name, path in protocols.items():
-        runs = load_adapted(path)
-        gaps = [100 * (c["dopri5"] - c["train"]) for c in runs.values() if "dopri5" in c and "train" in c]
+        runs = [c for c in load_adapted(path).values() if "dopri5" in c and "train" in c]  # complete seeds only
+        gaps = [100 * (c["dopri5"] - c["train"]) for c in runs]
         lines.append(_row([
-            name, str(len(runs)), _f(stats(c.get("h") for c in runs.values()), 4),
-            _f(stats(c.get("nfe") for c in runs.values())), _pct(stats(c.get("train") for c in runs.values())),
-            _pct(stats(c.get("dopri5") for c in runs.values())), _f(stats(gaps)),
+            name, str(len(runs)), _f(stats(c.get("h") for c in runs), 4), _f(stats(c.get("nfe") for c in runs)),
+            _pct(stats(c["train"] for c in runs)), _pct(stats(c["dopri5"] for c in runs)), _f(stats(gaps)),
         ]))
     return lines
 

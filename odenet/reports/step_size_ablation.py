@@ -36,9 +36,19 @@ from .chance import (
     withhold_rows,
 )
 from .collect import ReportContext, Row
-from .markdown import eval_label, fmt, fmt_stats, md_table
+from .markdown import eval_label, fmt, fmt_stats, md_table, model_label
 from .registry import Section, register_section
-from .stats import adaptive_eval, adaptive_train, eval_key, setting_keys, sort_key, sort_value, stats
+from .stats import (
+    adaptive_eval,
+    adaptive_train,
+    eval_key,
+    group,
+    model_key,
+    setting_keys,
+    sort_key,
+    sort_value,
+    stats,
+)
 
 #: One accuracy point: the largest gap between training and finer solver at which a step size passes.
 TOLERANCE = 0.01
@@ -304,31 +314,31 @@ def _cell(rows: list[Row]) -> str:
 def step_factor_table(rows: Sequence[Row], factors: Sequence[float] = STEP_FACTORS) -> list[str]:
     """Markdown tables, one per fixed-step test solver: training model x step factor, mean ± std accuracy.
 
-    A cell holds the evaluations with ``test_steps == max(1, round(N / factor))`` (as
-    ``conf/evaluation/step_factors.yaml`` makes them) of the models trained with ``N`` fixed steps;
-    the test steps are given in brackets. Empty when no solver has two matching cells.
+    A row is one trained model (:func:`~odenet.reports.stats.model_key`: training solver, ``N``, ``h`` and any
+    further swept setting, labelled as in "Accuracy at the training step size"); a cell holds its evaluations with
+    ``test_steps == max(1, round(N / factor))`` (as ``conf/evaluation/step_factors.yaml`` makes them); the test
+    steps are given in brackets. Empty when no solver has two matching cells.
     """
     fixed = [
         r
         for r in rows
         if r["status"] == "ok" and r["accuracy"] is not None and r["test_steps"] is not None and r["train_steps"]
     ]
-    grid = sorted({int(r["train_steps"]) for r in fixed})
+    settings = setting_keys(fixed)
+    models = group(fixed, lambda r: model_key(r, settings))
     solvers = sorted({r["test_solver"] for r in fixed}, key=lambda s: (solver_order(s) or 99, s))
     lines: list[str] = []
     for solver in solvers:
         body = []
-        for n in grid:
+        for key in sorted(models, key=sort_key):
+            mine, n = models[key], int(key[1])
             cells = []
             for f in factors:
                 steps = max(1, round(n / f))
-                vals = [r for r in fixed if r["train_steps"] == n and r["test_solver"] == solver
-                        and r["test_steps"] == steps]  # fmt: skip
+                vals = [r for r in mine if r["test_solver"] == solver and r["test_steps"] == steps]
                 cells.append(f"{_cell(vals)} ({steps})" if vals else "–")
             if any(c != "–" for c in cells):
-                mine = [r for r in fixed if r["train_steps"] == n]
-                label = f"{mine[0]['train_solver']} N={n} (h={fmt_h(1 / n)})" + label_mark_rows(mine)
-                body.append([label, *cells])
+                body.append([model_label(key, settings) + label_mark_rows(mine), *cells])
         filled = {i for row in body for i, c in enumerate(row[1:]) if c != "–"}
         if len(filled) < 2:  # one factor only (each model at its own training step): nothing to compare
             continue
@@ -385,9 +395,10 @@ def step_factor_section(ctx: ReportContext) -> list[str] | None:
 def protocol_comparison(protocols: dict[str, Any], reference: str = "dopri5") -> list[str]:
     """Markdown: per Euler training ``N`` (rows) and protocol (column groups), the accuracy under the training solver
     and under ``reference`` (the field's ODE solution; %, mean ± std over seeds) and their paired difference
-    (points). ``protocols`` maps a name to a fixed-step sweep's folder or ``summary.csv``
+    (points), all three over the seeds that have both accuracies; ``h`` is the recorded ``train_step_size``.
+    ``protocols`` maps a name to a fixed-step sweep's folder or ``summary.csv``
     (:func:`odenet.reports.step_adaptation.load_grid`)."""
-    from .step_adaptation import _f, _pct, load_grid
+    from .step_adaptation import _f, _pct, grid_h, load_grid
 
     grids = {name: load_grid(path) for name, path in protocols.items()}
     ns = sorted({n for g in grids.values() for n in g if isinstance(n, int)})
@@ -396,12 +407,13 @@ def protocol_comparison(protocols: dict[str, Any], reference: str = "dopri5") ->
         header += [f"{name}: training solver", f"{name}: {reference}", f"{name}: change (points)"]
     body = []
     for n in ns:
-        cells = [f"{_h_text(1.0 / n)} ({n})"]
+        cells = [f"{_h_text(grid_h(n, *(g.get(n, {}) for g in grids.values())))} ({n})"]
         for g in grids.values():
             cell = g.get(n, {})
             train, ref = cell.get("train", {}), cell.get(reference, {})
-            paired = [100 * (ref[s] - train[s]) for s in train if s in ref]
-            cells += [_pct(stats(train.values())), _pct(stats(ref.values())), _f(stats(paired))]
+            both = [s for s in train if s in ref]  # the seeds with both accuracies: the same set for all three
+            paired = [100 * (ref[s] - train[s]) for s in both]
+            cells += [_pct(stats(train[s] for s in both)), _pct(stats(ref[s] for s in both)), _f(stats(paired))]
         body.append(cells)
     return md_table(header, body)
 

@@ -108,6 +108,23 @@ def test_he_section_reports_depths_and_paired_differences_by_hand(tmp_path: Path
     assert "| residual | 8 | +4.50e-02 ± 2.12e-02 (2 of 2 > 0) |" in text
 
 
+@pytest.mark.parametrize("section", [degradation_he_section, degradation_section])
+def test_runs_that_differ_beyond_block_depth_and_seed_are_not_pooled(tmp_path: Path, section):
+    arch = "he" if section is degradation_he_section else "odenet"
+    root = _sweep(tmp_path / "preact", arch=arch)
+    extra = root / "extra"  # a second residual depth-9 run of seed 1, with another field: it would be pooled
+    (extra / ".hydra").mkdir(parents=True)
+    (extra / "metrics.json").write_text(json.dumps(_metrics("residual", 9, 1)))
+    (extra / "config.yaml").write_text(f"model:\n  arch: {arch}\nfield:\n  preact: true\n")
+    text = "\n".join(section(ReportContext.load(root)))
+    assert "Not compared: the runs differ in config beyond block, depth and seed (field.preact: False, True)" in text
+    assert "Paired by seed" not in text and "| 20 |" not in text
+    # the same config twice for one seed: not one of them silently kept
+    (extra / "config.yaml").write_text(f"model:\n  arch: {arch}\n")
+    text = "\n".join(section(ReportContext.load(root)))
+    assert "Not compared: residual at depth " in text and "more than one run of seed 1." in text
+
+
 def test_odenet_stacks_stay_in_the_h_1_over_n_section(tmp_path: Path):
     ctx = ReportContext.load(_sweep(tmp_path, arch="odenet"))
     assert degradation_he_section(ctx) is None

@@ -73,3 +73,25 @@ def test_adapted_comparison_by_hand(tmp_path):
     # h (0.25, 1) -> 0.6250 ± 0.5303; NFE (4, 1) -> 2.5 ± 2.1; train (90, 70) -> 80.0 ± 14.1;
     # dopri5 (80, 70) -> 75.0 ± 7.1; paired change (-10, 0) -> -5.0 ± 7.1
     assert lines[2] == "| theirs | 2 | 0.6250 ± 0.5303 | 2.5 ± 2.1 | 80.0 ± 14.1 | 75.0 ± 7.1 | -5.0 ± 7.1 |"
+
+
+def test_grid_comparison_uses_the_complete_seeds_and_the_recorded_step_size(tmp_path):
+    # seed 1 has no dopri5 evaluation: the means leave it out (train 100 only, not (100 + 0) / 2)
+    rows = [*_fixed(2, 0, 1.0, 0.5), *[r for r in _fixed(2, 1, 0.0, 0.7) if r["test_solver"] != "dopri5"]]
+    rows = [{**r, "train_step_size": 0.25} for r in rows]  # h recorded as 1/4 at N = 2 (T = 0.5)
+    lines = grid_comparison({"a": _write(tmp_path / "a", rows)})
+    assert lines[2] == "| h = 1/4 (2) | 100.0 | 50.0 | -50.0 |"
+
+
+def test_load_grid_keeps_the_tightest_dopri5_tolerance(tmp_path):
+    loose = {**_fixed(2, 0, 1.0, 0.5)[3], "rtol": 1e-3, "accuracy": 0.2}
+    for i, rows in enumerate(([*_fixed(2, 0, 1.0, 0.5), loose], [loose, *_fixed(2, 0, 1.0, 0.5)])):  # either order
+        assert load_grid(_write(tmp_path / f"order{i}", rows))[2]["dopri5"] == {"0": 0.5}
+
+
+def test_adapted_comparison_counts_complete_seeds_only(tmp_path):
+    # seed 1 lacks dopri5 and records no step size and no N: it is left out of every column, without a crash
+    seed1 = [{**r, "train_step_size": None} for r in _adapted(1, 1.0, None, 0.1, 0.7) if r["test_solver"] != "dopri5"]
+    sweep = _write(tmp_path / "s", [*_adapted(0, 0.25, None, 0.9, 0.8), *seed1])
+    lines = adapted_comparison({"theirs": sweep})
+    assert lines[2] == "| theirs | 1 | 0.2500 | 4.0 | 90.0 | 80.0 | -10.0 |"

@@ -66,7 +66,8 @@ def gradient_sweep(tmp_path: Path) -> ReportContext:
         for seed, (i0, in_, t0, tn) in seeds.items():
             analysis = {"gradients_init": {"times": [0.0, 0.5, 1.0], "norms": [i0, (i0 + in_) / 2, in_]},
                         "gradients": {"times": [0.0, 0.5, 1.0], "norms": [t0, (t0 + tn) / 2, tn]}}
-            _run(tmp_path, f"{block}{n}_{seed}", seed, {"block": block, "steps": n, "step_size": 1 / n}, analysis)
+            _run(tmp_path, f"{block}{n}_{seed}", seed, {"block": block, "steps": n, "step_size": 1 / n}, analysis,
+                 config="solver: {adjoint: true}\n" if block == "ode" else "")
     return ReportContext.load(tmp_path)
 
 
@@ -81,6 +82,27 @@ def test_gradient_flow_ratios_are_per_seed_then_averaged(gradient_sweep: ReportC
     assert "| ODE (adjoint) − residual, N=8 | init | 3 | +0 ± 0 (0 of 3 > 0) |" in text
     # residual N=64 - N=8 trained: +1, -1, +6 -> 2 ± 3.61
     assert "| residual: N=64 − N=8 | trained | 3 | +2 ± 3.61 (2 of 3 > 0) |" in text
+
+
+def test_gradient_flow_counts_used_seeds_names_the_backprop_and_keeps_groups_apart(tmp_path: Path):
+    norms = {0: (1.0, 1.0, 4.0, 1.0), 1: (1.0, 1.0, 6.0, 1.0), 2: (1.0, 0.0, 1.0, 0.0)}  # seed 2: g_N = 0, no ratio
+    for block in ("residual", "ode"):
+        for seed, (i0, in_, t0, tn) in norms.items():
+            analysis = {"gradients_init": {"times": [0.0, 1.0], "norms": [i0, in_]},
+                        "gradients": {"times": [0.0, 1.0], "norms": [t0, tn]}}
+            _run(tmp_path, f"{block}_{seed}", seed, {"block": block, "steps": 4}, analysis,
+                 config="solver: {adjoint: false}\n" if block == "ode" else "")
+    # two adaptive residual groups (steps None) that must not overwrite each other into one pairing
+    for rtol, ratio in ((1e-3, 2.0), (1e-6, 3.0)):
+        for seed in SEEDS:
+            analysis = {"gradients": {"times": [0.0, 1.0], "norms": [ratio, 1.0]}}
+            _run(tmp_path, f"adaptive_{rtol}_{seed}", seed, {"block": "residual", "solver": "dopri5", "rtol": rtol},
+                 analysis)
+    text = "\n".join(gf.gradient_flow_section(ReportContext.load(tmp_path)))
+    assert "| residual N=4 | 2 | 0.9000 ± 0.0000 | 1 ± 0 | 3.67 ± 2.52 | 0.667 ± 0.577 | 5 ± 1.41 |" in text
+    assert "| ODE − residual, N=4 | trained | 2 | +0 ± 0 (0 of 2 > 0) |" in text  # plain backprop: no "(adjoint)"
+    assert "(adjoint)" not in text and "N=None" not in text
+    assert "| residual dopri5 rtol=0.001 | 3 |" in text and "| residual dopri5 rtol=1e-06 | 3 |" in text
 
 
 # ---------------------------------------------------------------------------------------------- loss_landscape
@@ -131,6 +153,24 @@ def test_depth_smoothness_fits_a_slope_per_seed(tmp_path: Path):
     assert f"| {tied} | -1.100 ± 0.100 (0 of 3 > 0) | 3 |" in text
     by = ds._depth_data(ctx)
     assert ds.seed_slopes(by[iid], "max") == pytest.approx({0: 0.0, 1: 0.1, 2: 0.2})
+
+
+def test_depth_smoothness_pairs_like_tasks_over_common_depths(tmp_path: Path):
+    # a linear field on other data with tied init has no i.i.d. partner: it is not paired against the mlp task
+    linear = "data: {name: sander, dim: 2}\nfield: {kind: linear, untied: true, tied_init: true}\n"
+    for name, config, slope in (("tied", _depth_config(True), -1.0), ("iid", _depth_config(False), 0.0),
+                                ("linear", linear, -0.5)):
+        for seed in SEEDS:
+            for n in (4, 16, 64) if seed else (4, 16, 64, 256):  # seed 0 also has L = 256, off the common depths
+                top = n ** slope * (1.0 if n < 256 else 100.0)  # its L = 256 value would bend seed 0's fit
+                _run(tmp_path, f"{name}_{seed}_{n}", seed, {"block": "residual", "steps": n},
+                     {"depth": {"layers": n, "max": top, "rss": top}}, config=config)
+    ctx = ReportContext.load(tmp_path)
+    by = ds._depth_data(ctx)
+    assert ds.seed_slopes(by["mlp field on tanh_ode (tied init)"], "max") == pytest.approx({0: -1.0, 1: -1.0, 2: -1.0})
+    text = "\n".join(ds.depth_section(ctx))
+    assert "| mlp field on tanh_ode (tied init) | -1.000 ± 0.000 (0 of 3 > 0) | 3 |" in text
+    assert "| linear field on sander" not in text
 
 
 # ---------------------------------------------------------------------------------------------- regularization

@@ -273,3 +273,22 @@ def test_smoke_sweep_report_has_the_step_size_sections_and_plot(ablation_sweep: 
     positions = [md.index(h) for h in ("## Critical step size", "## Step factors", "## Folds of the step map")]
     assert positions == sorted(positions)
     assert "## Convergence test" not in md and "## Step-size adaptation" not in md  # their data do not fit
+
+
+def test_step_factor_table_keeps_trained_models_apart():
+    """Plain nets at h = 1/8 and residual nets at h = 1, both N = 8: two rows, not one pooled mean (0.530)."""
+
+    def arm(block: str, h: float, acc: float) -> list[dict[str, Any]]:
+        return [{**_row(8, seed, "euler", steps, acc), "train_step_size": h, "model.block": block,
+                 "run_dir": f"{block}-{h}-{seed}"} for seed in (0, 1) for steps in (8, 16)]  # fmt: skip
+
+    lines = step_factor_table([*arm("plain", 1 / 8, 0.10), *arm("residual", 1.0, 0.96)])
+    rows = [line for line in lines if line.startswith("| euler N=8")]
+    assert len(rows) == 2 and not any("0.530" in line for line in lines)
+    by_h = {line.split(" | ")[0]: line.split(" | ")[1:4] for line in rows}
+    assert by_h["| euler N=8 (h=1/8)"] == ["0.100 ± 0.000 (16)", "–", "0.100 ± 0.000 (8)"]
+    assert by_h["| euler N=8 (h=1)"] == ["0.960 ± 0.000 (16)", "–", "0.960 ± 0.000 (8)"]
+    # a further swept setting at the same N and h is named in the label
+    lines = step_factor_table([*arm("plain", 1.0, 0.10), *arm("residual", 1.0, 0.96)])
+    labels = sorted(line.split(" | ")[0] for line in lines if line.startswith("| euler N=8"))
+    assert labels == ["| euler N=8 (h=1), model.block=plain", "| euler N=8 (h=1), model.block=residual"]

@@ -26,11 +26,11 @@ from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
 from ..blocks import ODEBlock
-from .chance import label_mark, mark_cell, value_at_chance, withheld_line, withhold
+from .chance import label_mark, mark_cell, value_at_chance, withheld_section, withhold
 from .collect import ReportContext
 from .markdown import md_table
 from .plane import plane_resolution
-from .registry import Section, register_plot, register_section
+from .registry import register_plot, register_section
 from .runs import Run, by_data_and_label, configured_runs, run_dataset
 from .stats import mean_std
 
@@ -104,11 +104,7 @@ def topology_section(ctx: ReportContext) -> list[str] | None:
         *md_table(["model", "seeds", "test acc.", "disk → outer", "annulus → inner",
                            "runs with annulus → inner > 0"], body),
     ]
-    withheld = withhold(ctx, chance)
-    if withheld is None:
-        return lines
-    text = withheld_line("Which models leak through the annulus", withheld)
-    return Section([*lines, text, ""], [text])
+    return withheld_section(ctx, lines, "Which models leak through the annulus", chance)
 
 
 # ---------------------------------------------------------------------------------------------- flows

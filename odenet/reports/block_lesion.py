@@ -18,10 +18,10 @@ from typing import Any
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from .chance import label_mark, mark_cell, value_at_chance, withheld_line, withhold
+from .chance import label_mark, mark_cell, value_at_chance, withheld_section
 from .collect import ReportContext, beats_baseline
 from .markdown import md_table
-from .registry import Section, register_plot, register_section
+from .registry import register_plot, register_section
 from .runs import Run, ok_runs
 from .stats import mean_std
 
@@ -154,11 +154,7 @@ def block_lesion_section(ctx: ReportContext) -> list[str] | None:
         # (deeper plain nets at chance are the degradation problem, marked †; their lesions show nothing).
         controls += [m.run_dir for a, d in by.items() for n, r in d.items() for m in r
                      if a != "plain" or n == min(d)]
-    withheld = withhold(ctx, controls)
-    if withheld is None:
-        return lines
-    text = withheld_line("Block lesions: residual vs plain", withheld)
-    return Section([*lines, text, ""], [text])
+    return withheld_section(ctx, lines, "Block lesions: residual vs plain", controls)
 
 
 def _mean_curve(runs: Sequence[Run], get: Callable[[dict[str, Any]], Sequence[float]]) -> list[float]:

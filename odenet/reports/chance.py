@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .collect import CHANCE_MARGIN, ReportContext, Row
+from .registry import Section
 
 #: Marks a number (a cell, a model label) at chance.
 MARK = "†"
@@ -62,6 +63,16 @@ def withhold_rows(rows: Iterable[Row]) -> Withheld | None:
 def withheld_line(what: str, withheld: Withheld) -> str:
     """The line that replaces a conclusion: ``**what** — withheld: N of M models did not beat ...``."""
     return withheld.text(f"**{what}**")
+
+
+def withheld_section(ctx: ReportContext, lines: list[str], what: str, run_dirs: Iterable[str]) -> list[str] | Section:
+    """A section's ``lines`` as they are when none of the runs ``run_dirs`` its conclusion rests on is at chance;
+    else those lines, then :func:`withheld_line` ``what``, which also becomes the section's headline."""
+    withheld = withhold(ctx, run_dirs)
+    if withheld is None:
+        return lines
+    text = withheld_line(what, withheld)
+    return Section([*lines, text, ""], [text])
 
 
 def _mark(n: int, total: int) -> str:

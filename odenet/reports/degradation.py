@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from ..runner.rundir import RunDirError
-from .chance import label_mark, mark_cell, value_at_chance, withheld_line, withhold
+from .chance import label_mark, mark_cell, value_at_chance, withheld_section
 from .collect import ReportContext
 from .markdown import md_table
 from .registry import Section, register_plot, register_section
@@ -108,11 +108,7 @@ def _resting_on_controls(ctx: ReportContext, by: ByDepth, lines: list[str], what
     """``lines``, or with the comparison withheld when a control is at chance: every residual net and the shallowest
     plain net must have trained (a deeper plain net at chance is what degradation looks like at its worst)."""
     controls = [m.run_dir for b, d in by.items() for n, ms in d.items() for m in ms if b != "plain" or n == min(d)]
-    withheld = withhold(ctx, controls)
-    if withheld is None:
-        return lines
-    text = withheld_line(what, withheld)
-    return Section([*lines, text, ""], [text])
+    return withheld_section(ctx, lines, what, controls)
 
 
 def he_depth(steps: int) -> int:

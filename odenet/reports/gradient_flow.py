@@ -13,11 +13,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..runner.rundir import RunDirError
-from .chance import label_mark, mark_cell, value_at_chance, withheld_line, withhold
+from .chance import label_mark, mark_cell, value_at_chance, withheld_section
 from .collect import ReportContext
 from .figures import legend_union
 from .markdown import md_table
-from .registry import Section, register_plot, register_section
+from .registry import register_plot, register_section
 from .runs import BLOCK_COLORS, Run, by_train_label, ok_runs
 from .stats import mean_std, paired, paired_text
 
@@ -139,11 +139,7 @@ def gradient_flow_section(ctx: ReportContext) -> list[str] | None:
     shallowest = min((m.train.get("steps") or 0 for m in plain), default=0)
     controls = [m.run_dir for ms in groups.values() for m in ms
                 if m.train.get("block") != "plain" or (m.train.get("steps") or 0) == shallowest]
-    withheld = withhold(ctx, controls)
-    if withheld is None:
-        return lines
-    text = withheld_line("Gradient flow after training", withheld)
-    return Section([*lines, text, ""], [text])
+    return withheld_section(ctx, lines, "Gradient flow after training", controls)
 
 
 @register_plot("gradient_flow.png")

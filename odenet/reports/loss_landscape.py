@@ -15,10 +15,10 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from .chance import label_mark, mark_cell, value_at_chance, withheld_line, withhold
+from .chance import label_mark, mark_cell, value_at_chance, withheld_section
 from .collect import ReportContext
 from .markdown import md_table
-from .registry import Section, register_plot, register_section
+from .registry import register_plot, register_section
 from .runs import Run, by_train_label, ok_runs
 from .stats import mean_std, paired, paired_text
 
@@ -68,11 +68,8 @@ def loss_landscape_section(ctx: ReportContext) -> list[str] | None:
         ),
         *paired_lines(groups),
     ]
-    withheld = withhold(ctx, [m.run_dir for ms in groups.values() for m in ms])
-    if withheld is None:
-        return lines
-    text = withheld_line("Smoothness and sharpness compared across models", withheld)
-    return Section([*lines, text, ""], [text])
+    return withheld_section(ctx, lines, "Smoothness and sharpness compared across models",
+                            [m.run_dir for ms in groups.values() for m in ms])
 
 
 def _by_seed(ms: list[Run], value: Any) -> dict[Any, float | None]:

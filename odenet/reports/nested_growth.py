@@ -15,7 +15,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from .chance import label_mark, withheld_line, withhold
+from .chance import label_mark, withheld_section
 from .collect import ReportContext
 from .markdown import md_table
 from .registry import Section, register_plot, register_section
@@ -156,11 +156,7 @@ def nested_growth_section(ctx: ReportContext) -> list[str] | Section | None:
         lines.append("")
     controls = [r.run_dir for (arch, mode), d in groups.items() if arch != "untied plain" for rs in d.values()
                 for r in rs]
-    withheld = withhold(ctx, controls)
-    if withheld is None:
-        return lines
-    text = withheld_line("Nested growth: residual and refined nets", withheld)
-    return Section([*lines, text, ""], [text])
+    return withheld_section(ctx, lines, "Nested growth: residual and refined nets", controls)
 
 
 @register_plot("nested_growth.png")

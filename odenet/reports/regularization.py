@@ -27,7 +27,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from ..blocks import ODEBlock, ResidualStack
-from .chance import label_mark, mark_cell, value_at_chance, withheld_line, withhold
+from .chance import label_mark, mark_cell, value_at_chance, withheld_section
 from .collect import ReportContext
 from .figures import legend_union
 from .markdown import md_table
@@ -209,13 +209,9 @@ def penalty_pairs_section(ctx: ReportContext) -> list[str] | None:
     return _withheld(ctx, lines, runs, "Penalised and unpenalised models compared") if found else None
 
 
-def _withheld(ctx: ReportContext, lines: list[str], runs: Sequence[Run], what: str) -> list[str]:
+def _withheld(ctx: ReportContext, lines: list[str], runs: Sequence[Run], what: str) -> list[str] | Section:
     """``lines``, with the line withholding the comparison ``what`` when some of ``runs`` are at chance."""
-    withheld = withhold(ctx, [r.run_dir for r in runs])
-    if withheld is None:
-        return lines
-    text = withheld_line(what, withheld)
-    return Section([*lines, text, ""], [text])
+    return withheld_section(ctx, lines, what, [r.run_dir for r in runs])
 
 
 @register_plot("nfe_over_training.png")

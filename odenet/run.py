@@ -47,7 +47,6 @@ def _train_ensemble(cfg: DictConfig, out_dir: Path) -> dict:
 
 
 HYDRA_RECORD = ".hydra"
-RUN_FILES = ("config.yaml", "metrics.json", "checkpoint.pt")  # any of them: the folder holds a run
 
 
 def _write_hydra_record(cfg: DictConfig, out_dir: Path) -> None:
@@ -67,12 +66,13 @@ def _write_hydra_record(cfg: DictConfig, out_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> float | list[float] | None:
     from .blocks import SolverError  # torch is imported only once the config has composed
+    from .runner.rundir import RunDir
     from .runner.train import TrainingDiverged, objective, train_and_evaluate
     from .runner.validate import ConfigError
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
-    holds_run = any((out_dir / name).exists() for name in RUN_FILES)
+    holds_run = RunDir(out_dir).holds_run()
     if not holds_run:  # a fresh folder: the record at once, so a job that fails to start is still found by reports
         _write_hydra_record(cfg, out_dir)
     try:

@@ -97,6 +97,10 @@ class RunDir:
         self.path = Path(path)
         self._models: dict[str, Any] = {}
 
+    def holds_run(self) -> bool:
+        """Whether a run has written here (its config, metrics or checkpoint), finished or not."""
+        return any(self.file(name).exists() for name in (self.CONFIG, self.METRICS, self.CHECKPOINT))
+
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 

@@ -38,6 +38,7 @@ __all__ = [
     "CountingField",
     "OWN_OPTIONS",
     "check_adjoint_options",
+    "check_adjoint_params",
     "check_options",
     "method_options",
     "torchdiffeq_method",
@@ -158,6 +159,19 @@ def check_options(solver: str, options: Any) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown options {unknown} for solver {solver!r}; it takes {sorted(allowed)}")
     return {k: _check_value("options", k, v, adjoint=False) for k, v in out.items()}
+
+
+def check_adjoint_params(params: Any) -> tuple[Tensor, ...]:
+    """``adjoint_params`` as a tuple of tensors (``odeint_adjoint`` returns gradients for these)."""
+    if isinstance(params, Tensor) or not hasattr(params, "__iter__"):
+        raise ArgumentTypeError(
+            f"adjoint_params must be a sequence of tensors (e.g. (*field.parameters(), w)), got {type(params).__name__}"
+        )
+    out = tuple(params)
+    bad = [type(p).__name__ for p in out if not isinstance(p, Tensor)]
+    if bad:
+        raise ArgumentTypeError(f"adjoint_params must hold tensors only, got {bad}")
+    return out
 
 
 def check_adjoint_options(method: str, options: Any) -> dict[str, Any]:

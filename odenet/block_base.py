@@ -31,7 +31,7 @@ FieldFn = Callable[[Tensor, Tensor], Tensor]
 #: Options only an ``ODEBlock`` (torchdiffeq) takes: any of them sends a fixed scheme to an ``ODEBlock``.
 ODE_ONLY_OPTIONS = frozenset(
     {"rtol", "atol", "adjoint", "step_size", "max_steps", "min_step", "max_step", "penalty_error_control",
-     "options", "adjoint_params", "adjoint_rtol", "adjoint_atol", "adjoint_method", "adjoint_options"}
+     "options", "adjoint_params", "adjoint_rtol", "adjoint_atol", "adjoint_method", "adjoint_options", "backend"}
 )
 
 #: A block's state: a tensor, or a tuple of tensors (as torchdiffeq's ``odeint`` takes).

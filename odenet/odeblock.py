@@ -1,7 +1,8 @@
-"""``ODEBlock``: a field integrated by torchdiffeq (``odeint``, ``odeint_adjoint``, ``odeint_event``)."""
+"""``ODEBlock``: a field integrated by torchdiffeq (``odeint``, ``odeint_adjoint``, ``odeint_event``) or odenet."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -11,16 +12,19 @@ import torch
 import torchdiffeq
 from torch import Tensor, nn
 
+from . import adaptive
 from ._args import ArgumentTypeError, check_flag, check_int, check_number
 from ._torchdiffeq import (
     AdaptiveCountingField,
     AdjointAdaptiveCountingField,
     CountingField,
     check_adjoint_options,
+    check_adjoint_params,
     check_options,
     method_options,
     torchdiffeq_method,
 )
+from .adaptive import check_backend
 from .block_base import (
     BLOCK_CLASSES,
     Block,
@@ -64,6 +68,8 @@ def _applies(option: str, solver: str, regularizers: Any) -> bool:
         return solver in ADAPTIVE_SOLVERS
     if option == "penalty_error_control":
         return solver in ADAPTIVE_SOLVERS and bool(regularizers)
+    if option == "backend":
+        return solver in adaptive.EMBEDDED_PAIRS
     return option != "step_size"
 
 
@@ -78,18 +84,6 @@ def _check_method(name: str, solver: Any) -> str:
             f"(ODEBlock) or a fixed scheme of ResidualStack {sorted(SCHEMES)}"
         )
     return solver
-
-
-def _check_adjoint_params(params: Any) -> tuple[Tensor, ...]:
-    if isinstance(params, Tensor) or not hasattr(params, "__iter__"):
-        raise ArgumentTypeError(
-            f"adjoint_params must be a sequence of tensors (e.g. (*field.parameters(), w)), got {type(params).__name__}"
-        )
-    out = tuple(params)
-    bad = [type(p).__name__ for p in out if not isinstance(p, Tensor)]
-    if bad:
-        raise ArgumentTypeError(f"adjoint_params must hold tensors only, got {bad}")
-    return out
 
 
 @final
@@ -138,7 +132,12 @@ class ODEBlock(Block):
     an adaptive solver's error norm covers the state alone, so the penalty channels ride on the steps the
     state needs.
 
-    Only torchdiffeq's own failures become a ``SolverError``; an exception raised by the field reaches the
+    **Backend.** ``backend="odenet"`` (``dopri5``; :func:`odenet.adaptive.odeint`): torchdiffeq's method and
+    controller (same steps and ``nfe``, outputs to rounding) at about half the cost for a small field
+    (``benchmarks/adaptive.py``); backprop through the steps, a tensor state, ``options`` ``adaptive.OPTIONS``;
+    no adjoint, ``times`` requiring grad or ``solve_event`` (each refused naming ``backend``).
+
+    Only the solver's own failures become a ``SolverError``; an exception raised by the field reaches the
     caller unchanged. The initial state must be finite; an empty batch returns at once (``nfe`` 0).
     """
 
@@ -174,6 +173,7 @@ class ODEBlock(Block):
         adjoint_atol: float | None = None,
         adjoint_method: str | None = None,
         adjoint_options: dict[str, Any] | None = None,
+        backend: str = "torchdiffeq",
     ) -> None:
         super().__init__()
         self.T = check_T(T)
@@ -234,6 +234,7 @@ class ODEBlock(Block):
             raise ValueError(f"min_step must be below max_step={self.max_step:g}, got {self.min_step:g}")
         self.solver_options = solver_options
         self._init_adjoint(adjoint_params, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options)
+        self.backend = check_backend(backend, solver, adjoint, solver_options)
         self._counter: CountingField = CountingField(field)
 
     def _init_adjoint(self, params: Any, rtol: Any, atol: Any, method: Any, options: Any) -> None:
@@ -242,7 +243,7 @@ class ODEBlock(Block):
         if stray and not self.adjoint:
             raise ValueError(f"{', '.join(stray)} set{'s' if len(stray) == 1 else ''} the adjoint solve: "
                              "give adjoint=True, or drop " + ("it" if len(stray) == 1 else "them"))
-        self.adjoint_params = _check_adjoint_params(params) if params is not None else None
+        self.adjoint_params = check_adjoint_params(params) if params is not None else None
         self.adjoint_method = _check_method("adjoint_method", method) if method is not None else None
         backward = self.adjoint_method or self.solver
         for name, value in (("adjoint_rtol", rtol), ("adjoint_atol", atol)):
@@ -281,6 +282,8 @@ class ODEBlock(Block):
             out["penalty_error_control"] = self.penalty_error_control
         if self.solver_options:
             out["options"] = dict(self.solver_options)
+        if self.backend != "torchdiffeq":
+            out["backend"] = self.backend
         for name in _ADJOINT_ARGS:
             value = getattr(self, name)
             if value is not None:
@@ -405,16 +408,48 @@ class ODEBlock(Block):
         options = self._torchdiffeq_options()
         if dynamics is not None and self.adaptive and not self.penalty_error_control:
             options["norm"] = partial(_state_rms_norm, channels=len(dynamics.regularizers))
-        if self.adjoint:
-            run = partial(torchdiffeq.odeint_adjoint, counter, x, times, **self._adjoint_kwargs(options))
+        if self.backend == "odenet":
+            out = self._own_solve(counter, x, times, options.get("norm"))
+        elif self.adjoint:
+            out = self._call(partial(torchdiffeq.odeint_adjoint, counter, x, times, **self._adjoint_kwargs(options)),
+                             counter, options)
         else:
-            run = partial(torchdiffeq.odeint, counter, x, times)
-        out = self._call(run, counter, options)
+            out = self._call(partial(torchdiffeq.odeint, counter, x, times), counter, options)
         integrals = None
         if dynamics is not None:
             out, integrals = dynamics.split(out)
             integrals = {k: v[-1] for k, v in integrals.items()}
         self._record_regularization(integrals)
+        return out
+
+    def own_solve_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`odenet.adaptive.odeint` (``backend="odenet"``) that give this block's
+        tolerances, step limits and options."""
+        return dict(rtol=self.rtol, atol=self.atol, pair=adaptive.EMBEDDED_PAIRS[self.solver], max_steps=self.max_steps,
+                    min_step=self.min_step, max_step=self.max_step,
+                    **{k: v for k, v in self.solver_options.items() if k in adaptive.OPTIONS})
+
+    def _own_solve(self, counter: CountingField, x: State, times: Tensor, norm: Any) -> Tensor:
+        """``adaptive.odeint`` (``backend="odenet"``) of this block (``norm``: the error norm, None for RMS)."""
+        if isinstance(x, tuple) or times.requires_grad:
+            raise ValueError("backend='odenet' takes a tensor state and gives no gradients with respect to times: use "
+                             "backend='torchdiffeq' for a tuple state or times that require grad")
+        try:
+            return adaptive.odeint(counter, x, times.tolist(), **{**self.own_solve_options(), "norm": norm})
+        except adaptive.AdaptiveSolveError as err:
+            raise self.solver_error(str(err)) from err
+        finally:
+            counter.in_backward = True
+
+    def with_steps(self, steps: adaptive.Steps) -> ODEBlock:
+        """A shallow copy (same field) whose solver statistics (``nfe``, ``stats``, ``step_sizes``) are ``steps``:
+        one problem of a solve of many (:func:`odenet.adaptive.odeint_members`), reported as if solved alone."""
+        out = copy.copy(self)
+        counter = AdaptiveCountingField(self.field, torch.tensor(self.T))
+        counter.forward_calls, counter.rejected = steps.nfe, steps.rejected
+        counter.accepted = [torch.tensor(h, dtype=torch.float64) for h in steps.accepted]
+        counter.in_backward = True
+        out._counter = counter
         return out
 
     def solver_error(self, reason: str) -> SolverError:
@@ -484,6 +519,9 @@ class ODEBlock(Block):
         """
         check_state(x)
         check_flag("reverse_time", reverse_time)
+        if self.backend != "torchdiffeq":
+            raise ValueError("solve_event runs on torchdiffeq (odeint_event): make the block with "
+                             "backend='torchdiffeq'")
         if not callable(event_fn):
             raise ArgumentTypeError(f"event_fn must be a callable (t, x) -> tensor, got {type(event_fn).__name__}")
         if numel(x) == 0:
@@ -553,7 +591,7 @@ class ODEBlock(Block):
                      and not (o == "norm" and regularizers)}
                 if not v:
                     continue
-            elif not _applies(k, solver, regularizers):
+            elif not _applies(k, solver, regularizers) or (k == "backend" and adjoint):
                 continue
             out[k] = v
         return out

@@ -158,7 +158,8 @@ def block_options(cfg: Config) -> tuple[str, dict[str, Any]]:
     if is_adaptive(s.name):
         if penalties:
             reg["penalty_error_control"] = cfg.regularization.error_control
-        return s.name, dict(rtol=s.rtol, atol=s.atol, adjoint=s.adjoint, max_steps=s.max_steps, **reg)
+        return s.name, dict(rtol=s.rtol, atol=s.atol, adjoint=s.adjoint, max_steps=s.max_steps, backend=s.backend,
+                            **reg)
     return s.name, {**BLOCKS[cfg.block.kind](cfg), **reg}
 
 

@@ -98,6 +98,7 @@ class SolverConfig:
     atol: float = 1e-4
     adjoint: bool = False
     max_steps: int = 10_000
+    backend: str = "torchdiffeq"  # adaptive solvers: torchdiffeq, or odenet (its own dopri5, odenet.adaptive)
 
 
 @dataclass

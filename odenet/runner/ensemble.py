@@ -40,7 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ..blocks import NonFiniteStateError, SolverError
+from ..adaptive import AdaptiveSolveError, odeint_members
+from ..blocks import NonFiniteStateError, ODEBlock, SolverError
 from ..fields import Augment, DepthIndexedField, MLPField
 from ..models import Classifier
 from ..stack import ResidualStack
@@ -235,7 +236,8 @@ class Ensemble:
         self.shapes = [members[0][n].shape for group in names for n in group]  # by optimiser state index
         self.batched = batched_model(self.base, self.params) if fast and not self.buffers else None
         # trainer.compile: the batched forward and loss as one graph (its backward compiled with it); vmap: eager
-        self.compile = (jobs[0].cfg.trainer.compile if compile is None else compile) and self.batched is not None
+        self.compile = ((jobs[0].cfg.trainer.compile if compile is None else compile) and self.batched is not None
+                        and not isinstance(self.block, MemberSolve))  # an adaptive solve has no static graph
         self._compiled: dict[Any, Any] = {}  # loss function -> its compiled batched losses
         states = [j.trainer.optimizer.state_dict() for j in jobs]
         if states[0]["state"]:  # resumed: stack the members' optimiser states
@@ -246,8 +248,13 @@ class Ensemble:
 
     @property
     def block(self) -> Any:
-        """The block whose forward ran (its solver statistics are every member's)."""
+        """The block whose forward ran (its solver statistics are every member's, but for a :class:`MemberSolve`)."""
         return (self.batched if self.batched is not None else self.base).block
+
+    def member_block(self, i: int) -> Any:
+        """The block whose solver statistics member ``i``'s history reports (its own steps in a MemberSolve)."""
+        block = self.block
+        return block.member(i) if isinstance(block, MemberSolve) else block
 
     def step(self, losses: torch.Tensor, alive: Sequence[int] | None = None) -> None:
         """One optimiser step on every member: the gradient of the sum of the (finite) losses of the ``alive``
@@ -318,7 +325,8 @@ class Ensemble:
                 if out is None:
                     break
                 losses, logits = out
-                nfe_forward = self.block.nfe
+                solves = [self.member_block(i) for i in range(k)]  # read before the backward pass
+                nfe_forward = [b.nfe for b in solves]
                 values = losses.detach().cpu().tolist()
                 dead = [i for i, v in enumerate(values) if errors[i] is None and not np.isfinite(v)]
                 for i in dead:  # as its separate run: its forward raised (vmap checks no state), or its loss
@@ -339,7 +347,7 @@ class Ensemble:
                 ckpt_now = done % cfg.trainer.checkpoint_every == 0 or done == total
                 for i in alive:
                     self._step_member(i, done, values[i], correct, len(idx[i]), log_now, ckpt_now, learned,
-                                      nfe_forward, t0)
+                                      solves[i], nfe_forward[i], t0)
         finally:
             for j in jobs:
                 if j.trainer.tracker is not None:
@@ -409,7 +417,7 @@ class Ensemble:
                                              f"iteration {it + 1}: check optimizer.gamma / optimizer.milestones")
 
     def _step_member(self, i: int, done: int, loss: float, correct: list[int] | None, seen: int, log_now: bool,
-                     ckpt_now: bool, learned: bool, nfe_forward: int, t0: float) -> None:
+                     ckpt_now: bool, learned: bool, block: Any, nfe_forward: int, t0: float) -> None:
         """Member ``i``'s window, history row and checkpoint after iteration ``done``, as its own loop keeps them."""
         job = self.jobs[i]
         state, trainer = job.state, job.trainer
@@ -423,7 +431,7 @@ class Ensemble:
         if log_now:
             if learned:
                 self.sync(i)  # the row reports the member's learned step sizes
-            row = trainer.history_row(state, len(job.x_train), correct is None, self.block, nfe_forward, {}, t0)
+            row = trainer.history_row(state, len(job.x_train), correct is None, block, nfe_forward, {}, t0)
             if not job.cfg.trainer.progress or i == 0:
                 acc = "" if row["accuracy"] is None else f"  accuracy {row['accuracy']:.4f}"
                 log.info("seed %d: iteration %d/%d  loss %.4f%s  %.1f s", job.cfg.seed, done, trainer.total,
@@ -444,6 +452,35 @@ def _per_member(value: Any, shape: Sequence[int]) -> bool:
     return isinstance(value, torch.Tensor) and tuple(value.shape) == tuple(shape)
 
 
+class MemberSolve(nn.Module):
+    """An adaptive ``ODEBlock`` (``backend="odenet"``) on ``(K, B, ...)`` states: each member takes its own steps,
+    as its separate run does (:func:`odenet.adaptive.odeint_members`; the batched field gets one time per member),
+    and :meth:`member` reports member ``i``'s solver statistics as its separate run's block would."""
+
+    def __init__(self, block: ODEBlock) -> None:
+        super().__init__()
+        self.inner = block
+        self.steps: list[Any] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        block = self.inner
+        try:
+            out, self.steps = odeint_members(block.field, x, [0.0, block.T], **block.own_solve_options())
+        except AdaptiveSolveError as err:
+            raise block.solver_error(str(err)) from err
+        return out[-1]
+
+    def member(self, i: int) -> ODEBlock:
+        """Member ``i``'s view of the last solve (its ``nfe``, ``stats``, ``step_sizes``)."""
+        return self.inner.with_steps(self.steps[i])
+
+
+def _solves_members(block: nn.Module) -> bool:
+    """An adaptive ODE block that :class:`MemberSolve` batches (each member its own steps)."""
+    return (isinstance(block, ODEBlock) and block.adaptive and block.backend == "odenet" and not block.regularizers
+            and "norm" not in block.solver_options)
+
+
 class BatchedLinear(nn.Module):
     """K linear layers at once: ``x`` ``(K, B, in)`` -> ``(K, B, out)`` with the stacked ``weight`` ``(K, out, in)``
     and ``bias`` ``(K, out)`` (held as given, not copied: the ensemble's stacked parameters)."""
@@ -458,28 +495,64 @@ class BatchedLinear(nn.Module):
         return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
 
 
+class BatchedMLPField(nn.Module):
+    """K :class:`~odenet.fields.MLPField` s at once on the stacked ``params``: states ``(K, B, dim)``, ``t`` a number
+    or ``(K, 1, 1)`` (one time per member). With ``time="concat"`` a layer's weight on ``[x, t]`` is split:
+    ``[x, t] W^T + b = x W_x^T + (b + t w_t)`` (equal up to rounding), so an evaluation costs two fused ops per
+    layer instead of a concatenation and a matmul on views. :meth:`refresh` takes the split views of the current
+    weights (the batched model calls it before each forward)."""
+
+    def __init__(self, field: MLPField, params: dict[str, torch.Tensor], prefix: str) -> None:
+        super().__init__()
+        self.concat, self.act = field.time == "concat", field.act
+        self.stacked = [(params[f"{prefix}linears.{i}.weight"], params[f"{prefix}linears.{i}.bias"])
+                        for i in range(len(field.linears))]
+        self.layers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+
+    def refresh(self) -> None:
+        """The per-forward views: ``W_x^T`` ``(K, in, out)``, ``b`` ``(K, 1, out)``, ``w_t`` ``(K, 1, out)``."""
+        self.layers = [(w[..., :-1].transpose(1, 2), b.unsqueeze(1), w[..., -1].unsqueeze(1)) if self.concat
+                       else (w.transpose(1, 2), b.unsqueeze(1), None) for w, b in self.stacked]
+
+    def forward(self, t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.layers) - 1
+        for i, (wx, b, wt) in enumerate(self.layers):
+            bias = b if wt is None else torch.addcmul(b, torch.as_tensor(t, dtype=x.dtype, device=x.device), wt)
+            x = torch.baddbmm(bias, x, wx)
+            if i < last:
+                x = self.act(x)
+        return x
+
+
 #: Modules that act on the last dimension or elementwise, so run unchanged on ``(K, B, features)`` states.
 _ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Softplus, nn.ELU, nn.Identity, nn.ModuleList,
                 nn.Sequential, Classifier, MLPField, DepthIndexedField, Augment)
 
 
 def batched_model(model: nn.Module, params: dict[str, torch.Tensor]) -> nn.Module | None:
-    """``model`` with every ``nn.Linear`` a :class:`BatchedLinear` on the stacked ``params`` (a copy), or None
-    when some module is not known to run unchanged on ``(K, B, features)`` (convolutions, learned steps, ...)."""
+    """``model`` with every ``nn.Linear`` a :class:`BatchedLinear` on the stacked ``params`` (a copy) and an adaptive
+    ``ODEBlock`` of ``backend="odenet"`` a :class:`MemberSolve`, or None when some module is not known to run
+    unchanged on ``(K, B, features)`` (convolutions, learned steps, a torchdiffeq solve, ...)."""
     for module in model.modules():
         fits = (isinstance(module, (nn.Linear, *_ELEMENTWISE))
                 or (isinstance(module, nn.Flatten) and module.start_dim >= 0 and module.end_dim == -1)
-                or (isinstance(module, ResidualStack) and not module.learn_steps))
+                or (isinstance(module, ResidualStack) and not module.learn_steps) or _solves_members(module))
         if not fits or (isinstance(module, Augment) and module.dim != -1):
             return None
         if isinstance(module, Classifier) and module.amp_dtype is not None:
             return None
     out = copy.deepcopy(model)
+    fields: dict[str, BatchedMLPField] = {}  # prefix of a replaced field -> its batched field
     for name, module in list(out.named_modules()):
         parent_name, _, attr = name.rpartition(".")
+        if any(name.startswith(prefix) for prefix in fields):
+            continue  # inside a field already batched whole
         parent = out.get_submodule(parent_name) if name else None
-        if isinstance(module, nn.Linear) and parent is not None:
-            new: nn.Module = BatchedLinear(params[f"{name}.weight"], params.get(f"{name}.bias"))
+        if type(module) is MLPField and parent is not None:
+            new: nn.Module = BatchedMLPField(module, params, f"{name}.")
+            fields[f"{name}."] = new  # type: ignore[assignment]
+        elif isinstance(module, nn.Linear) and parent is not None:
+            new = BatchedLinear(params[f"{name}.weight"], params.get(f"{name}.bias"))
         elif isinstance(module, nn.Flatten) and parent is not None:
             new = nn.Flatten(module.start_dim + 1, -1)  # after the member dimension
         else:
@@ -488,4 +561,12 @@ def batched_model(model: nn.Module, params: dict[str, torch.Tensor]) -> nn.Modul
             parent[int(attr)] = new
         else:
             setattr(parent, attr, new)
+    if isinstance(out, Classifier) and isinstance(out.block, ODEBlock):
+        out.block = MemberSolve(out.block)  # type: ignore[assignment]
+    if fields:
+        def refresh(*_: Any) -> None:
+            for field in fields.values():
+                field.refresh()
+
+        out.register_forward_pre_hook(refresh)
     return out

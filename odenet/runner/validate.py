@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from ..adaptive import BACKENDS, EMBEDDED_PAIRS
 from ..models import AMP_DTYPES, IMAGE_STEMS
 from ..regularization import NOISES
 from ..solvers import ADAPTIVE_SOLVERS, SCHEMES, TORCHDIFFEQ_FIXED, all_solver_names, is_adaptive
@@ -88,6 +89,10 @@ def _check_model(cfg: Config) -> None:
 
 def _check_solver(cfg: Config) -> None:
     kind, s = cfg.block.kind, cfg.solver
+    check_choice("solver.backend", s.backend, list(BACKENDS))
+    if s.backend == "odenet" and (s.name not in EMBEDDED_PAIRS or s.adjoint):
+        raise ConfigError(f"solver.backend=odenet solves {sorted(EMBEDDED_PAIRS)} without the adjoint, not solver.name="
+                          f"{s.name} solver.adjoint={str(s.adjoint).lower()}: use solver.backend=torchdiffeq")
     if is_adaptive(s.name):
         if kind in ("plain", "learned_steps"):
             raise ConfigError(
@@ -165,10 +170,14 @@ def _check_ensemble(cfg: Config) -> None:
     """``trainer.ensemble=K`` batches K seeds into one training: refuse what would couple the members or break the
     match with K separate runs (odenet.runner.ensemble)."""
     k, r = cfg.trainer.ensemble, cfg.regularization
+    adaptive, own = is_adaptive(cfg.solver.name), cfg.solver.backend == "odenet"
     refused = [
-        (is_adaptive(cfg.solver.name), f"solver.name={cfg.solver.name} (an adaptive solver's step control would "
-         "be shared by every member)", "use a fixed-step solver"),
-        (cfg.block.kind == "ode", "block=ode (torchdiffeq)", "use block=residual, plain or learned_steps"),
+        (adaptive and not own, f"solver.name={cfg.solver.name} on torchdiffeq (its step control would be shared by "
+         "every member)", "use solver.backend=odenet (each member takes its own steps) or a fixed-step solver"),
+        (adaptive and own and cfg.field.kind != "mlp", f"an adaptive solve of field.kind={cfg.field.kind}",
+         "use field.kind=mlp"),
+        (cfg.block.kind == "ode" and not adaptive, "block=ode on a fixed grid (torchdiffeq)",
+         "use block=residual, plain or learned_steps"),
         (cfg.adaptation.enabled, "adaptation.enabled=true (one step size adapted per run)", ""),
         (cfg.data.augment != "none", f"data.augment={cfg.data.augment} (draws from each run's global RNG)", ""),
         (r.kinetic > 0 or r.jacobian > 0, "regularization.kinetic / .jacobian", ""),

@@ -47,3 +47,17 @@ def test_step_quick_prints_the_eager_rows_with_the_hand_loop_as_reference(capsys
     assert [line.split(" | ")[0] for line in rows] == ["| hand loop, eager", "| odenet ResidualStack, eager"]
     assert "| 1.00x |" in rows[0]
     assert len(step.contenders(quick=False)) > len(rows)  # the compiled contenders: full runs only
+
+
+def test_adaptive_quick_checks_the_nfe_and_prints_every_contender():
+    """``benchmarks/adaptive.py --quick``: every contender's NFE equals torchdiffeq's (asserted inside), each prints
+    a row with a ratio."""
+    import subprocess
+
+    script = PEERS.parent / "adaptive.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=120,
+                          check=True)
+    rows = [line for line in proc.stdout.splitlines() if line[:1].isalpha() or line[:1].isdigit()]
+    for name in ("torchdiffeq.odeint", 'ODEBlock(backend="odenet")', "one odeint_members solve"):
+        row = next(r for r in rows if name in r)
+        assert float(row.split()[-1]) > 0

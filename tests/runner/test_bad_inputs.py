@@ -68,6 +68,10 @@ VALUE_CASES = [
     (["solver=dopri5", "block=ode", "solver.rtol=0"], "solver.rtol"),
     (["solver=dopri5", "block=ode", "solver.atol=-1"], "solver.atol"),
     (["solver=dopri5", "block=ode", "solver.max_steps=0"], "solver.max_steps"),
+    (["solver=dopri5", "solver.backend=jax"], "solver.backend"),
+    (["solver.backend=odenet"], "solver.backend=odenet"),  # euler: odenet's own solve is dopri5's
+    (["solver=dopri5", "solver.backend=odenet", "solver.adjoint=true"], "solver.backend=odenet"),
+    (["solver=dopri5", "solver.backend=odenet", "field=linear", "trainer.ensemble=2"], "field.kind=mlp"),
     (["solver=dopri5", "block=plain"], "block.kind=plain"),
     (["solver=dopri5", "block=learned_steps"], "block.kind=learned_steps"),
     (["block=plain", "solver=rk4"], "block.kind=plain"),

@@ -190,3 +190,16 @@ def test_calls_the_odenet_backend_cannot_serve_are_refused():
 class TupleField(nn.Module):
     def forward(self, t: Tensor, x: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         return x[1], -x[0]
+
+
+@pytest.mark.parametrize("error_control", [True, False])
+def test_penalties_ride_along_as_with_torchdiffeq(error_control):
+    """Regularised training (kinetic energy integrated with the state): the same steps and penalty as torchdiffeq,
+    the penalty channels inside the error norm or (``penalty_error_control=False``) left out of it."""
+    field = mlp(6).double()
+    x = torch.randn(32, 3, dtype=F64)
+    kw = dict(regularizers=("kinetic",), penalty_error_control=error_control, rtol=1e-6, atol=1e-8)
+    ours, theirs = ODEBlock(field, backend="odenet", **kw).train(), ODEBlock(field, **kw).train()
+    torch.testing.assert_close(ours(x), theirs(x))
+    assert ours.stats == theirs.stats
+    torch.testing.assert_close(ours.regularization["kinetic"], theirs.regularization["kinetic"])

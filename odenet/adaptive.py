@@ -9,7 +9,9 @@ evaluations (tests compare both on the same problems). What differs is the cost:
 in Python floats (double precision, as torchdiffeq's float64 time tensors), a stage sum is one fused op per
 term, the interpolant is formed only for a step that passes an output time, and the controller is outside
 autograd (torchdiffeq differentiates through its initial step choice, rtqichen/torchdiffeq#284; gradients
-agree to the size of that term). ``benchmarks/adaptive.py`` measures the difference.
+agree to the size of that term), and the stages at the step's end are evaluated at its end time itself (torchdiffeq
+takes the float just below it, which matters only to a field that jumps in ``t``). ``benchmarks/adaptive.py``
+measures the difference.
 
 ``ODEBlock(..., backend="odenet")`` solves with this; the library layer, pure torch.
 """
@@ -158,7 +160,7 @@ def odeint(
     """
     controls = dict(rtol=rtol, atol=atol, pair=pair, max_steps=max_steps, min_step=min_step, max_step=max_step,
                     first_step=first_step, safety=safety, ifactor=ifactor, dfactor=dfactor)
-    ts = [float(t) for t in times]
+    ts = _monotone(times)
     if ts[-1] < ts[0]:  # a decreasing grid: solve dy/ds = -F(-s, y) on s = -t, increasing
         return odeint(_Reversed(field), y0, [-t for t in ts], norm=norm, **controls)  # type: ignore[arg-type]
     return _solve(field, y0, ts, False, norm or rms_norm, **controls)[0]
@@ -173,12 +175,21 @@ def odeint_members(field: Field, y0: Tensor, times: Sequence[float], *, rtol: fl
     is called once per stage for all of them (``t`` then has shape ``(K, 1, ...)``, one time per member; a member
     that has finished steps by 0 until the last one is done). ``times`` increasing. Returns the states
     ``(len(times), *y0.shape)`` and each member's :class:`Steps`."""
-    ts = [float(t) for t in times]
+    ts = _monotone(times)
     if not ts[-1] > ts[0]:
         raise ValueError(f"odeint_members needs increasing times, got {ts}")
     return _solve(field, y0, ts, True, None, rtol=rtol, atol=atol, pair=pair, max_steps=max_steps,
                   min_step=min_step, max_step=max_step, first_step=first_step, safety=safety, ifactor=ifactor,
                   dfactor=dfactor)
+
+
+def _monotone(times: Sequence[float]) -> list[float]:
+    """``times`` as floats, checked strictly increasing or strictly decreasing (at least two)."""
+    ts = [float(t) for t in times]
+    steps = [b - a for a, b in zip(ts, ts[1:])]
+    if not steps or not (all(d > 0 for d in steps) or all(d < 0 for d in steps)):
+        raise ValueError(f"times must be at least two, strictly increasing or strictly decreasing, got {ts}")
+    return ts
 
 
 def _solve(field: Field, y0: Tensor, ts: list[float], members: bool, norm: Norm | None, *, rtol: float,
@@ -259,7 +270,7 @@ def _solve(field: Field, y0: Tensor, ts: list[float], members: bool, norm: Norm 
         ok = [False] * k
         for m in active:
             steps[m].nfe += len(pair.c) - 1
-            if not math.isfinite(ratio[m]):
+            if math.isnan(ratio[m]):  # (an infinite ratio is a rejected step, shrunk by dfactor, as torchdiffeq's)
                 raise AdaptiveSolveError("non-finite", f"non-finite values in state `y` (error ratio {ratio[m]})")
             ok[m] = (ratio[m] <= 1 or h[m] <= min_step) and not h[m] > max_step
         ymid = None
@@ -296,13 +307,14 @@ def _solve(field: Field, y0: Tensor, ts: list[float], members: bool, norm: Norm 
 
 
 class _Reversed:
-    """``-F(-s, y)``: the field in reversed time (its step callbacks forwarded)."""
+    """``-F(-s, y)``: the field in reversed time (its step callbacks get the time ``t = -s``, as torchdiffeq's)."""
 
     def __init__(self, field: Field) -> None:
         self.field = field
         for name in ("callback_accept_step", "callback_reject_step"):
-            if hasattr(field, name):
-                setattr(self, name, getattr(field, name))
+            callback = getattr(field, name, None)
+            if callback is not None:
+                setattr(self, name, lambda t0, y0, dt, callback=callback: callback(-t0, y0, dt))
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         return -self.field(-t, y)

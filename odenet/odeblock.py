@@ -559,9 +559,8 @@ class ODEBlock(Block):
         return event_t, state
 
     def with_solver(self, solver: str, **options: Any) -> Block:
-        """A new block on the same field; this block's options that apply to ``solver`` are carried over
-        (tolerances to an adaptive method, ``adjoint`` and its arguments, the regularizers, the torchdiffeq
-        ``options`` the new method takes), those that do not are dropped."""
+        """A new block on the same field, carrying this block's options that apply to ``solver`` (tolerances,
+        ``adjoint`` and its arguments, regularizers, the ``options`` and ``backend`` it takes); the rest dropped."""
         check_solver_name(solver)
         if wants_stack(solver, options):
             return self._same_mode(make_block(self.field, solver, T=self.T, **options))
@@ -591,8 +590,9 @@ class ODEBlock(Block):
                      and not (o == "norm" and regularizers)}
                 if not v:
                     continue
-            elif not _applies(k, solver, regularizers) or (k == "backend" and adjoint):
-                continue
+            elif not _applies(k, solver, regularizers) or (k == "backend" and (adjoint or set(
+                    given.get("options", self.solver_options)) - set(adaptive.OPTIONS))):
+                continue  # odenet's solve: no adjoint, its own options only
             out[k] = v
         return out
 

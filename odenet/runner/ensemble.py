@@ -235,6 +235,9 @@ class Ensemble:
         self.optimizer = type(opt0)(groups)  # type: ignore[call-arg]
         self.shapes = [members[0][n].shape for group in names for n in group]  # by optimiser state index
         self.batched = batched_model(self.base, self.params) if fast and not self.buffers else None
+        if self.batched is None and any(isinstance(m, ODEBlock) and m.adaptive for m in self.base.modules()):
+            raise ValueError(f"{KEY}={self.k} batches an adaptive solve only for MLP models (each member its own "
+                             f"steps); train the seeds as separate runs ({KEY}=1)")  # vmap cannot branch per step
         # trainer.compile: the batched forward and loss as one graph (its backward compiled with it); vmap: eager
         self.compile = ((jobs[0].cfg.trainer.compile if compile is None else compile) and self.batched is not None
                         and not isinstance(self.block, MemberSolve))  # an adaptive solve has no static graph
@@ -464,8 +467,9 @@ class MemberSolve(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         block = self.inner
+        times = torch.tensor([0.0, block.T], dtype=x.dtype).tolist()  # as the block's own forward rounds T
         try:
-            out, self.steps = odeint_members(block.field, x, [0.0, block.T], **block.own_solve_options())
+            out, self.steps = odeint_members(block.field, x, times, **block.own_solve_options())
         except AdaptiveSolveError as err:
             raise block.solver_error(str(err)) from err
         return out[-1]
@@ -536,7 +540,8 @@ def batched_model(model: nn.Module, params: dict[str, torch.Tensor]) -> nn.Modul
     for module in model.modules():
         fits = (isinstance(module, (nn.Linear, *_ELEMENTWISE))
                 or (isinstance(module, nn.Flatten) and module.start_dim >= 0 and module.end_dim == -1)
-                or (isinstance(module, ResidualStack) and not module.learn_steps) or _solves_members(module))
+                or (isinstance(module, ResidualStack) and not module.learn_steps)
+                or (_solves_members(module) and module is getattr(model, "block", None)))  # wrapped below
         if not fits or (isinstance(module, Augment) and module.dim != -1):
             return None
         if isinstance(module, Classifier) and module.amp_dtype is not None:

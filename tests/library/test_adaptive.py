@@ -154,6 +154,7 @@ def test_the_block_solves_as_torchdiffeqs_with_its_statistics():
     assert ours.with_solver("dopri5", rtol=1e-6).backend == "odenet"  # carried to a solver it has ...
     assert ours.with_solver("bosh3").backend == "torchdiffeq"  # ... dropped otherwise
     assert ours.with_solver("dopri5", adjoint=True).backend == "torchdiffeq"
+    assert ours.with_solver("dopri5", options={"jump_t": [0.5]}).backend == "torchdiffeq"  # not an option it reads
     assert type(ours.with_solver("rk4", steps=4)).__name__ == "ResidualStack"
 
 
@@ -203,3 +204,37 @@ def test_penalties_ride_along_as_with_torchdiffeq(error_control):
     torch.testing.assert_close(ours(x), theirs(x))
     assert ours.stats == theirs.stats
     torch.testing.assert_close(ours.regularization["kinetic"], theirs.regularization["kinetic"])
+
+
+def test_reversed_time_callbacks_and_bad_grids_as_torchdiffeq():
+    """Callbacks get the real time on a decreasing grid; an infinite error ratio is a rejected step (torchdiffeq
+    shrinks and retries); times must be strictly monotone."""
+    field = mlp(7).double()
+    x = torch.randn(16, 3, dtype=F64)
+    starts = {}
+    for name, solve in (("theirs", lambda f: torchdiffeq.odeint(f, x, torch.tensor([1.0, 0.0], dtype=F64),
+                                                                 rtol=1e-6, atol=1e-8, method="dopri5")),
+                        ("ours", lambda f: odeint(f, x, [1.0, 0.0], rtol=1e-6, atol=1e-8))):
+        seen = []
+        rec = Recorder(field)
+        rec.callback_accept_step = lambda t0, y0, dt, seen=seen: seen.append(float(t0.detach()))  # noqa: B023
+        solve(rec)
+        starts[name] = seen
+    assert starts["ours"][0] == 1.0 and starts["ours"] == pytest.approx(starts["theirs"], rel=1e-9)
+
+    calls = []
+
+    def once_infinite(t: Tensor, y: Tensor) -> Tensor:
+        calls.append(1)
+        return torch.full_like(y, float("inf")) if len(calls) == 8 else -y  # the first trial step's last stage
+
+    theirs, ours = Recorder(once_infinite), Recorder(once_infinite)
+    ref = torchdiffeq.odeint(theirs, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), rtol=1e-6,
+                             atol=1e-8, method="dopri5")
+    calls.clear()
+    out = odeint(ours, torch.ones(2, dtype=F64), [0.0, 1.0], rtol=1e-6, atol=1e-8)
+    assert ours.nfe == theirs.nfe and ours.rejected == theirs.rejected >= 1
+    torch.testing.assert_close(out, ref)
+    for bad in ([0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.0]):
+        with pytest.raises(ValueError, match="strictly"):
+            odeint(field, x, bad, rtol=1e-3, atol=1e-4)

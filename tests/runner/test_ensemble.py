@@ -378,3 +378,11 @@ def test_a_learning_rate_out_of_range_ends_the_members_before_their_row_and_chec
         assert isinstance(error, TrainingDiverged) and "gave learning rate nan at iteration 3" in str(error)
         assert [r["iteration"] for r in history(path)] == ["1", "2"]
         assert not (path / "checkpoint.pt").exists()
+
+
+def test_an_adaptive_solve_the_batched_model_cannot_take_is_refused(tmp_path):
+    """vmap cannot branch per step: an adaptive ensemble without the batched MLP model is refused, not crashed."""
+    cfg, runs = ensemble_runs(tmp_path, VARIANTS["dopri5_odenet"])
+    with prepared_members(cfg, runs) as (jobs, rngs):
+        with pytest.raises(ValueError, match="adaptive solve only for MLP models"):
+            Ensemble(jobs, rngs, fast=False)

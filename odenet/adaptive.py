@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .solvers import combine
+
 __all__ = ["BACKENDS", "DOPRI5", "EMBEDDED_PAIRS", "OPTIONS", "AdaptiveSolveError", "EmbeddedPair", "Steps",
            "check_backend", "odeint", "odeint_members"]
 
@@ -104,14 +106,6 @@ def check_backend(backend: Any, solver: str, adjoint: bool, options: dict[str, A
 def rms_norm(x: Tensor) -> Tensor:
     """The root mean square of ``x`` (torchdiffeq's default error norm of a tensor state)."""
     return torch.linalg.vector_norm(x) / math.sqrt(x.numel())
-
-
-def _combine(y: Tensor, ks: Sequence[Tensor], weights: Sequence[float], h: float) -> Tensor:
-    """``y + h sum_i w_i k_i``, one fused op per nonzero weight."""
-    for w, k in zip(weights, ks):
-        if w != 0.0:
-            y = torch.add(y, k, alpha=h * w)
-    return y
 
 
 def _interpolate(y0: Tensor, y1: Tensor, ymid: Tensor, f0: Tensor, f1: Tensor, h: float, x: float) -> Tensor:
@@ -259,20 +253,20 @@ def _solve(field: Field, y0: Tensor, ts: list[float], members: bool, norm: Norm 
         ks = [f0]
         terms = [f0 * hs] if members else ks
         for ci, row in zip(pair.c[1:], pair.a[1:]):
-            yi = _combine(y, terms, row, scale)
+            yi = combine(y, terms, row, scale)
             ks.append(field(stamp([tm + ci * hm for tm, hm in zip(t, hk)]), yi))
             if members:
                 terms.append(ks[-1] * hs)
         y1 = yi  # first same as last: the last stage is evaluated at the new state
         with torch.no_grad():
-            err = _combine(torch.zeros_like(y), terms, pair.e, scale)
+            err = combine(torch.zeros_like(y), terms, pair.e, scale)
             ratio = ratios(err / torch.maximum(y.abs(), y1.abs()).mul_(rtol).add_(atol))
         ok = [False] * k
         for m in active:
             steps[m].nfe += len(pair.c) - 1
             if math.isnan(ratio[m]):  # (an infinite ratio is a rejected step, shrunk by dfactor, as torchdiffeq's)
                 raise AdaptiveSolveError("non-finite", f"non-finite values in state `y` (error ratio {ratio[m]})")
-            ok[m] = (ratio[m] <= 1 or h[m] <= min_step) and not h[m] > max_step
+            ok[m] = ratio[m] <= 1 or h[m] <= min_step  # (h is clamped to max_step above)
         ymid = None
         for m in active:
             if not ok[m]:
@@ -285,7 +279,7 @@ def _solve(field: Field, y0: Tensor, ts: list[float], members: bool, norm: Norm 
                 accept(torch.tensor(t[m], dtype=torch.float64), y, torch.tensor(h[m], dtype=torch.float64))
             t1 = t[m] + h[m]
             if ts[len(out[m])] <= t1:  # every output time this step passes, off its interpolant
-                ymid = _combine(y, terms, pair.mid, scale) if ymid is None else ymid
+                ymid = combine(y, terms, pair.mid, scale) if ymid is None else ymid
                 while len(out[m]) < len(ts) and ts[len(out[m])] <= t1:
                     x = (ts[len(out[m])] - t[m]) / h[m]
                     out[m].append(_interpolate(pick(y, m), pick(y1, m), pick(ymid, m), pick(ks[0], m),

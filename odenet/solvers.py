@@ -196,16 +196,16 @@ def rk_step(
     """
     ks: list[Tensor] = []
     for i, row in enumerate(tableau.a):
-        xi = x
-        for j, a in enumerate(row):
-            if a != 0.0:
-                xi = _axpy(xi, h, a, ks[j])
-        ks.append(field(times[i], xi))
-    out = x
-    for b, k in zip(tableau.b, ks):
-        if b != 0.0:
-            out = _axpy(out, h, b, k)
-    return out
+        ks.append(field(times[i], combine(x, ks, row, h)))
+    return combine(x, ks, tableau.b, h)
+
+
+def combine(x: Tensor, ks: Sequence[Tensor], weights: Sequence[float], h: float | Tensor) -> Tensor:
+    """``x + h sum_i w_i k_i``, one op per nonzero weight (zero weights skipped): a Runge–Kutta stage or step."""
+    for w, k in zip(weights, ks):
+        if w != 0.0:
+            x = _axpy(x, h, w, k)
+    return x
 
 
 def _axpy(x: Tensor, h: float | Tensor, coef: float, k: Tensor) -> Tensor:

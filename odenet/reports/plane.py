@@ -18,7 +18,7 @@ step sizes with saved models.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,24 +85,11 @@ def _steps(model: Classifier) -> int:
     return model.block.steps if isinstance(model.block, ResidualStack) else 0
 
 
-def _predictions(models: Sequence[Classifier], grid: Tensor, x: Tensor) -> list[Any]:
-    """:func:`_predict_both` of each model (a ``SolverError`` in its place when its solve fails), two at a time:
-    torch's kernels release the GIL, so the report's two cores share the fine solves."""
-
-    def one(model: Classifier) -> Any:
-        try:
-            return _predict_both(model, grid, x)
-        except SolverError as err:  # pragma: no cover - rk4 never fails; kept for other fine solvers
-            return err
-
+def _predictions(models: Sequence[Classifier], grid: Tensor, x: Tensor) -> list[Future]:
+    """:func:`_predict_both` of each model, two at a time (torch's kernels release the GIL, so the report's two
+    cores share the fine solves); ``result()`` gives its predictions or raises its ``SolverError``."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(one, models))
-
-
-def _raise(result: Any) -> Any:
-    if isinstance(result, SolverError):
-        raise result
-    return result
+        return [pool.submit(_predict_both, model, grid, x) for model in models]
 
 
 def _fine_model(model: Classifier, steps: int) -> tuple[Classifier, str]:
@@ -152,7 +139,7 @@ def plane_figure(
         own = f"{model.block.scheme}, {steps} steps" if steps else "training solver"
         for ax, how in ((row[0], own), (row[1], fine_label)):
             try:
-                pred, pred_x = _raise(next(predicted))
+                pred, pred_x = next(predicted).result()
                 pred = pred.reshape(gx.shape).numpy()
                 acc = float((pred_x == y).float().mean())
                 ax.pcolormesh(gx, gy, np.searchsorted(classes, pred), cmap=region_cmap, shading="auto",

@@ -259,6 +259,12 @@ class Ensemble:
         block = self.block
         return block.member(i) if isinstance(block, MemberSolve) else block
 
+    def _forward_nfe(self) -> list[int]:
+        """Each member's field evaluations in the last forward (no per-member block view built: a history row only
+        needs one when it is written)."""
+        block = self.block
+        return [s.nfe for s in block.steps] if isinstance(block, MemberSolve) else [block.nfe] * self.k
+
     def step(self, losses: torch.Tensor, alive: Sequence[int] | None = None) -> None:
         """One optimiser step on every member: the gradient of the sum of the (finite) losses of the ``alive``
         members (default all); a retired member's gradient is zero, so its zeroed slice stays zero."""
@@ -328,8 +334,7 @@ class Ensemble:
                 if out is None:
                     break
                 losses, logits = out
-                solves = [self.member_block(i) for i in range(k)]  # read before the backward pass
-                nfe_forward = [b.nfe for b in solves]
+                nfe_forward = self._forward_nfe()  # read before the backward pass
                 values = losses.detach().cpu().tolist()
                 dead = [i for i, v in enumerate(values) if errors[i] is None and not np.isfinite(v)]
                 for i in dead:  # as its separate run: its forward raised (vmap checks no state), or its loss
@@ -350,7 +355,7 @@ class Ensemble:
                 ckpt_now = done % cfg.trainer.checkpoint_every == 0 or done == total
                 for i in alive:
                     self._step_member(i, done, values[i], correct, len(idx[i]), log_now, ckpt_now, learned,
-                                      solves[i], nfe_forward[i], t0)
+                                      nfe_forward[i], t0)
         finally:
             for j in jobs:
                 if j.trainer.tracker is not None:
@@ -420,7 +425,7 @@ class Ensemble:
                                              f"iteration {it + 1}: check optimizer.gamma / optimizer.milestones")
 
     def _step_member(self, i: int, done: int, loss: float, correct: list[int] | None, seen: int, log_now: bool,
-                     ckpt_now: bool, learned: bool, block: Any, nfe_forward: int, t0: float) -> None:
+                     ckpt_now: bool, learned: bool, nfe_forward: int, t0: float) -> None:
         """Member ``i``'s window, history row and checkpoint after iteration ``done``, as its own loop keeps them."""
         job = self.jobs[i]
         state, trainer = job.state, job.trainer
@@ -434,7 +439,8 @@ class Ensemble:
         if log_now:
             if learned:
                 self.sync(i)  # the row reports the member's learned step sizes
-            row = trainer.history_row(state, len(job.x_train), correct is None, block, nfe_forward, {}, t0)
+            row = trainer.history_row(state, len(job.x_train), correct is None, self.member_block(i), nfe_forward,
+                                      {}, t0)
             if not job.cfg.trainer.progress or i == 0:
                 acc = "" if row["accuracy"] is None else f"  accuracy {row['accuracy']:.4f}"
                 log.info("seed %d: iteration %d/%d  loss %.4f%s  %.1f s", job.cfg.seed, done, trainer.total,
